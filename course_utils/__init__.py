@@ -1,0 +1,13 @@
+"""course_utils: the reference library of the course 'Seeing what a CNN sees'.
+
+Hooks (`Hook`, `HookBwd`, `Hooks`), class activation maps (`cam`, `book_cam`, `gradcam`), their
+display and scoring, and the offline default data (SynthPets) and model. Importing it does no
+work: data and models are built when first asked for.
+"""
+from .cam import (book_cam, cam, energy_in_box, gradcam, normalize, pointing_game, pointing_hits,
+                  upsample)
+from .hooks import Hook, HookBwd, Hooks
+from .viz import image_array, show_cam
+
+__all__ = ["Hook", "HookBwd", "Hooks", "gradcam", "cam", "book_cam", "upsample", "normalize",
+           "pointing_hits", "pointing_game", "energy_in_box", "show_cam", "image_array"]

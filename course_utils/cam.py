@@ -1,0 +1,306 @@
+"""Class activation maps: the exact CAM, the chapter's einsum, batched Grad-CAM, and how to score them.
+
+All maps are returned raw, `[N, h, w]` at the layer's resolution: resizing (`upsample`) and
+scaling (`normalize`) are separate, explicit steps, as in captum.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["gradcam", "cam", "book_cam", "upsample", "normalize",
+           "pointing_hits", "pointing_game", "energy_in_box"]
+
+Targets = Union[int, Sequence[int], torch.Tensor]
+
+
+# ---------------------------------------------------------------- input checks
+def _check_batch(model: nn.Module, x: torch.Tensor) -> None:
+    """Reject what would otherwise fail deep inside the model, with the fix in the message."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module (e.g. learn.model), got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a tensor batch [N,C,H,W], got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be a 4-D batch [N,C,H,W], got shape {tuple(x.shape)}; "
+                         "for one image use x[None] (or first(dls.test_dl([img])))")
+
+
+def _check_layers(model: nn.Module, layers: Sequence[nn.Module]) -> None:
+    if not layers:
+        raise ValueError("give at least one layer")
+    inside = {id(m) for m in model.modules()}
+    for layer in layers:
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"a layer must be an nn.Module (e.g. learn.model[0]), "
+                            f"got {type(layer).__name__}")
+        if id(layer) not in inside:
+            raise ValueError(f"layer {type(layer).__name__} is not part of the model; pass a "
+                             "sub-module of this model, e.g. learn.model[0] or learn.model[0][-2]")
+
+
+def _target_tensor(targets: Targets, n: int, n_classes: int, device) -> torch.Tensor:
+    """One class index per image, as a long tensor, after checking type, count and range."""
+    bad_type = TypeError(f"targets must be an int or one int per image, got {targets!r:.60}")
+    if isinstance(targets, (bool, str, bytes)):
+        raise bad_type
+    try:
+        t = torch.as_tensor(targets)
+    except (TypeError, ValueError, RuntimeError):
+        raise bad_type from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise bad_type
+    if t.dim() == 0:
+        t = t.expand(n)                                  # one class for every image
+    elif t.dim() != 1 or t.numel() != n:
+        raise ValueError(f"got {t.numel()} targets for {n} images: give one class per image "
+                         "or a single int for all")
+    if n and (t.min() < 0 or t.max() >= n_classes):
+        raise ValueError(f"target class out of range: the model has {n_classes} classes "
+                         f"(0..{n_classes - 1}), got {t.tolist()}")
+    return t.long().to(device)
+
+
+def _check_spatial(act: torch.Tensor, layer: nn.Module) -> None:
+    if not isinstance(act, torch.Tensor) or act.dim() != 4:
+        shape = tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__
+        raise ValueError(f"the output of {type(layer).__name__} is {shape}, not a spatial map "
+                         "[N,C,h,w]; pick a convolutional layer (e.g. learn.model[0])")
+
+
+# ---------------------------------------------------------------- shared machinery
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """Run in eval mode (no dropout, no BatchNorm statistics update), then restore every flag."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
+def _capture_outputs(layers: Sequence[nn.Module]):
+    """Record each layer's output on the graph, and hand the rest of the network a copy.
+
+    The copy keeps the recorded tensor safe from in-place ops downstream (ReLU(inplace=True),
+    `out += identity`). An output that needs no gradient (frozen layers) becomes a leaf that does,
+    so Grad-CAM works without touching any parameter's `requires_grad`.
+    """
+    records: list[list[torch.Tensor]] = [[] for _ in layers]
+
+    def make_hook(record):
+        def hook(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                return None
+            act = output if output.requires_grad else output.detach().requires_grad_()
+            record.append(act)
+            return act.clone()
+        return hook
+
+    handles = []
+    try:
+        for layer, record in zip(layers, records):
+            handles.append(layer.register_forward_hook(make_hook(record)))
+        yield records
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _single_output(record: list, layer: nn.Module) -> torch.Tensor:
+    if len(record) != 1:
+        raise ValueError(f"{type(layer).__name__} ran {len(record)} times in one forward pass; "
+                         "Grad-CAM needs a layer that runs exactly once (hook a distinct module)")
+    return record[0]
+
+
+# ---------------------------------------------------------------- Grad-CAM
+def gradcam(model: nn.Module, x: torch.Tensor,
+            layer: Union[nn.Module, Sequence[nn.Module]], targets: Targets,
+            relu: bool = True) -> Union[torch.Tensor, list[torch.Tensor]]:
+    """Batched Grad-CAM (Selvaraju et al. 2017): raw `[N,h,w]` maps of `layer` for `targets`.
+
+    Channel weights are the spatial mean of d(score)/d(activation); the map is ReLU(sum_k w_k A_k)
+    (`relu=False` keeps the sign). Gradients are taken with `torch.autograd.grad` with respect to
+    the layer output only, so no parameter `.grad` is written. The model runs in eval mode and its
+    flags are restored. A list of layers returns a list of maps from one forward and one backward pass.
+    """
+    many = not isinstance(layer, nn.Module)
+    layers = list(layer) if many else [layer]
+    _check_batch(model, x)
+    _check_layers(model, layers)
+    if not torch.is_grad_enabled():
+        raise RuntimeError("gradcam needs gradients but was called under torch.no_grad(); "
+                           "call it outside that block (or inside torch.enable_grad())")
+    with _eval_mode(model), _capture_outputs(layers) as records:
+        logits = model(x)
+    acts = [_single_output(r, l) for r, l in zip(records, layers)]
+    for act, l in zip(acts, layers):
+        _check_spatial(act, l)
+    if logits.dim() != 2:
+        raise ValueError(f"the model must return scores [N, classes], got {tuple(logits.shape)}")
+    t = _target_tensor(targets, x.shape[0], logits.shape[1], logits.device)
+    score = logits.gather(1, t[:, None]).sum()  # images are independent: one backward for all
+    grads = torch.autograd.grad(score, acts)
+    maps = [_gradcam_map(a.detach(), g, relu) for a, g in zip(acts, grads)]
+    return maps if many else maps[0]
+
+
+def _gradcam_map(act: torch.Tensor, grad: torch.Tensor, relu: bool) -> torch.Tensor:
+    weights = grad.mean(dim=(2, 3))                       # [N, K]: one weight per channel
+    m = torch.einsum("nk,nkhw->nhw", weights, act)
+    return m.clamp_min(0) if relu else m
+
+
+# ---------------------------------------------------------------- CAM
+def cam(model: nn.Module, x: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """Exact CAM (Zhou et al. 2016) `[N,h,w]` for a model whose head is global-average-pool → one Linear.
+
+    For such a head the map's mean over locations plus the Linear's bias is exactly the logit.
+    The head is verified on this very batch: the final Linear's input must equal the spatial mean
+    of the last AdaptiveAvgPool2d's input, and the Linear's output must be the model's output.
+    """
+    _check_batch(model, x)
+    pool, linear = _gap_and_linear(model)
+    with torch.no_grad(), _eval_mode(model), _capture_io(pool, linear) as io:
+        logits = model(x)
+    act, lin_in, lin_out = io["act"], io["lin_in"], io["lin_out"]
+    _check_gap_linear_head(act, lin_in, lin_out, logits, linear)
+    t = _target_tensor(targets, x.shape[0], logits.shape[1], logits.device)
+    return torch.einsum("nk,nkhw->nhw", linear.weight.detach()[t], act)
+
+
+_NOT_GAP_LINEAR = ("cam needs a head that is global-average-pool followed directly by one Linear "
+                   "(as in `custom_head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), "
+                   "nn.Linear(k, n))`); {why}. fastai's default head (AdaptiveConcatPool2d, "
+                   "BatchNorm, Linear(…, 512), ReLU, Linear(512, n)) is not: its last Linear sees "
+                   "512 hidden units, not the body's channels. Use gradcam for any other head.")
+
+
+def _gap_and_linear(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    pools = [m for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not pools or not linears:
+        raise ValueError(_NOT_GAP_LINEAR.format(why="this model has no AdaptiveAvgPool2d or no Linear"))
+    return pools[-1], linears[-1]
+
+
+@contextmanager
+def _capture_io(pool: nn.Module, linear: nn.Module):
+    io: dict = {}
+    handles = [
+        pool.register_forward_hook(lambda m, i, o: io.__setitem__("act", i[0])),
+        linear.register_forward_hook(lambda m, i, o: io.update(lin_in=i[0], lin_out=o)),
+    ]
+    try:
+        yield io
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _check_gap_linear_head(act, lin_in, lin_out, logits, linear) -> None:
+    if act is None or lin_in is None:
+        raise ValueError(_NOT_GAP_LINEAR.format(why="the pool or the Linear did not run"))
+    _check_spatial(act, linear)
+    gap = act.mean(dim=(2, 3))
+    if lin_in.shape != gap.shape or not torch.allclose(lin_in, gap, rtol=1e-4, atol=1e-5):
+        raise ValueError(_NOT_GAP_LINEAR.format(
+            why=f"the last Linear's input {tuple(lin_in.shape)} is not the average-pooled "
+                f"activation {tuple(gap.shape)}"))
+    if lin_out is not logits and not torch.equal(lin_out, logits):
+        raise ValueError(_NOT_GAP_LINEAR.format(why="the last Linear's output is not the model's output"))
+
+
+def book_cam(act: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The chapter's CAM: `einsum('ck,kij->cij', weight, act)`, one map per class from one activation.
+
+    It is an exact CAM only when `weight` is the Linear that directly follows global average
+    pooling of `act` (see `cam`); with fastai's default head the sizes may match by coincidence.
+    """
+    if not isinstance(act, torch.Tensor) or act.dim() != 3:
+        raise ValueError("act must be one image's activation [k, h, w] (e.g. hook.stored[0])")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError("weight must be a Linear's weight [classes, k] (e.g. learn.model[1][-1].weight)")
+    if weight.shape[1] != act.shape[0]:
+        raise ValueError(f"weight has {weight.shape[1]} inputs but act has {act.shape[0]} channels; "
+                         "use the weight of the Linear that follows the pooled activation")
+    return torch.einsum("ck,kij->cij", weight, act)
+
+
+# ---------------------------------------------------------------- resizing and scaling
+def _as_batch(maps: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if not isinstance(maps, torch.Tensor) or maps.dim() not in (2, 3):
+        raise ValueError("maps must be a tensor [N,h,w] (or one map [h,w])")
+    return (maps[None], True) if maps.dim() == 2 else (maps, False)
+
+
+def upsample(maps: torch.Tensor, size: Union[int, tuple[int, int]]) -> torch.Tensor:
+    """Resize maps `[N,h,w]` (or `[h,w]`) to the image size with bilinear interpolation."""
+    batch, single = _as_batch(maps)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be an int or (H, W) of positive ints, got {size}")
+    out = F.interpolate(batch[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    return out[0] if single else out
+
+
+def normalize(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map to [0, 1] by its own min and max; a constant map becomes all zeros."""
+    batch, single = _as_batch(maps)
+    flat = batch.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    span = hi - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny),
+                      torch.zeros_like(flat)).view_as(batch)
+    return out[0] if single else out
+
+
+# ---------------------------------------------------------------- scoring against boxes
+def _check_boxes(maps: torch.Tensor, boxes) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, _ = _as_batch(maps)
+    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) if len(boxes) else torch.zeros(0, 4)
+    if b.shape[0] != batch.shape[0]:
+        raise ValueError(f"got {b.shape[0]} boxes for {batch.shape[0]} maps: one (x0, y0, x1, y1) per map")
+    return batch, b
+
+
+def pointing_hits(maps: torch.Tensor, boxes, tolerance: float = 15.0) -> torch.Tensor:
+    """Per map, whether its maximum lies within `tolerance` pixels of the box (Zhang et al. 2016).
+
+    `maps` must be at image resolution (use `upsample`); boxes are (x0, y0, x1, y1) in pixels,
+    both ends included. 15 px is the protocol's tolerance at 224 px.
+    """
+    batch, b = _check_boxes(maps, boxes)
+    w = batch.shape[-1]
+    peak = batch.flatten(1).argmax(1)
+    y, x = (peak // w).float(), (peak % w).float()
+    dx = torch.clamp(torch.maximum(b[:, 0] - x, x - b[:, 2]), min=0)
+    dy = torch.clamp(torch.maximum(b[:, 1] - y, y - b[:, 3]), min=0)
+    return (dx ** 2 + dy ** 2).sqrt() <= tolerance
+
+
+def pointing_game(maps: torch.Tensor, boxes, tolerance: float = 15.0) -> float:
+    """Pointing-game accuracy: hits / (hits + misses) over the maps (see `pointing_hits`)."""
+    hits = pointing_hits(maps, boxes, tolerance)
+    return hits.float().mean().item() if hits.numel() else float("nan")
+
+
+def energy_in_box(maps: torch.Tensor, boxes) -> torch.Tensor:
+    """Per map, the share of its positive mass inside the box (0 for a map with none)."""
+    batch, b = _check_boxes(maps, boxes)
+    pos = batch.clamp_min(0)
+    h, w = batch.shape[-2:]
+    ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    inside = ((xs >= b[:, 0, None, None]) & (xs <= b[:, 2, None, None]) &
+              (ys >= b[:, 1, None, None]) & (ys <= b[:, 3, None, None]))
+    total = pos.flatten(1).sum(1)
+    return torch.where(total > 0, (pos * inside).flatten(1).sum(1) / total.clamp_min(1e-30),
+                       torch.zeros_like(total))

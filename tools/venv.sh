@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Print the path of this project's virtual environment, building it first if it is missing.
+# The venv lives outside the clone, keyed by requirements.txt and the Python version, so every
+# clone (and CI) reuses it; a venv whose build was interrupted lacks the marker and is rebuilt.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+"$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || {
+  echo "tools/venv.sh: needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 2; }
+key=$({ cat "$here/requirements.txt"; "$python" --version; uname -m; } | sha256sum | cut -c1-16)
+root=${COURSE_VENV_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/cnn-cam-course}
+venv="$root/venv-$key"
+if [ ! -f "$venv/.complete" ]; then
+  echo "tools/venv.sh: building $venv (about 4 minutes, ~6.6 GB)" >&2
+  rm -rf "$venv"
+  mkdir -p "$root"
+  log="$root/build-$key.log"
+  if ! { "$python" -m venv "$venv" &&
+         "$venv/bin/python" -m pip install --upgrade pip &&
+         "$venv/bin/python" -m pip install -r "$here/requirements.txt"; } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "tools/venv.sh: the build failed; the full log is $log" >&2
+    exit 1
+  fi
+  touch "$venv/.complete"
+fi
+echo "$venv"
