@@ -16,6 +16,7 @@ __all__ = ["gradcam", "cam", "book_cam", "upsample", "normalize",
            "pointing_hits", "pointing_game", "energy_in_box"]
 
 Targets = Union[int, Sequence[int], torch.Tensor]
+Boxes = Union[Sequence[Sequence[float]], torch.Tensor]  # one (x0, y0, x1, y1) per map, in pixels
 
 
 # ---------------------------------------------------------------- input checks
@@ -272,7 +273,7 @@ def _check_boxes(maps: torch.Tensor, boxes) -> tuple[torch.Tensor, torch.Tensor]
     return batch, b
 
 
-def pointing_hits(maps: torch.Tensor, boxes, tolerance: float = 15.0) -> torch.Tensor:
+def pointing_hits(maps: torch.Tensor, boxes: Boxes, tolerance: float = 15.0) -> torch.Tensor:
     """Per map, whether its maximum lies within `tolerance` pixels of the box (Zhang et al. 2016).
 
     `maps` must be at image resolution (use `upsample`); boxes are (x0, y0, x1, y1) in pixels,
@@ -287,13 +288,13 @@ def pointing_hits(maps: torch.Tensor, boxes, tolerance: float = 15.0) -> torch.T
     return (dx ** 2 + dy ** 2).sqrt() <= tolerance
 
 
-def pointing_game(maps: torch.Tensor, boxes, tolerance: float = 15.0) -> float:
+def pointing_game(maps: torch.Tensor, boxes: Boxes, tolerance: float = 15.0) -> float:
     """Pointing-game accuracy: hits / (hits + misses) over the maps (see `pointing_hits`)."""
     hits = pointing_hits(maps, boxes, tolerance)
     return hits.float().mean().item() if hits.numel() else float("nan")
 
 
-def energy_in_box(maps: torch.Tensor, boxes) -> torch.Tensor:
+def energy_in_box(maps: torch.Tensor, boxes: Boxes) -> torch.Tensor:
     """Per map, the share of its positive mass inside the box (0 for a map with none)."""
     batch, b = _check_boxes(maps, boxes)
     pos = batch.clamp_min(0)

@@ -1,7 +1,7 @@
 """Pictures: a CAM overlaid on its image, as the chapter draws it."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -9,7 +9,7 @@ import torch
 __all__ = ["show_cam", "image_array"]
 
 
-def image_array(image) -> np.ndarray:
+def image_array(image: Any) -> np.ndarray:
     """An image as an `[H,W,C]` (or `[H,W]`) numpy array, from PIL, a `[C,H,W]` tensor or an array."""
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
@@ -25,7 +25,8 @@ def image_array(image) -> np.ndarray:
     return arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
 
 
-def show_cam(image, cam: torch.Tensor, ax=None, alpha: float = 0.6, cmap: str = "magma"):
+def show_cam(image: Any, cam: torch.Tensor, ax: Any = None, alpha: float = 0.6,
+             cmap: str = "magma") -> Any:
     """Draw `image`, then `cam` stretched over it with bilinear smoothing; returns the axes.
 
     `cam` is one map `[h,w]` at any resolution: like the chapter, it is drawn with
