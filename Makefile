@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 RUN = venv=$$(tools/venv.sh) && PYTHONPATH=$(CURDIR) MPLBACKEND=Agg "$$venv/bin/python"
 
-.PHONY: demo test bench venv lab
+.PHONY: demo test bench venv lab release
 venv:
 	@tools/venv.sh
 
@@ -18,3 +18,6 @@ bench:
 
 lab:
 	@venv=$$(tools/venv.sh) && PYTHONPATH=$(CURDIR) "$$venv/bin/jupyter" lab
+
+release:
+	@$(RUN) tools/release.py

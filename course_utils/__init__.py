@@ -6,8 +6,12 @@ work: data and models are built when first asked for.
 """
 from .cam import (book_cam, cam, energy_in_box, gradcam, normalize, pointing_game, pointing_hits,
                   upsample)
+from .data import is_cat, load_boxes, pets_path, synth_pets, test_image, test_image_box
 from .hooks import Hook, HookBwd, Hooks
+from .model import get_learner
 from .viz import image_array, show_cam
 
 __all__ = ["Hook", "HookBwd", "Hooks", "gradcam", "cam", "book_cam", "upsample", "normalize",
-           "pointing_hits", "pointing_game", "energy_in_box", "show_cam", "image_array"]
+           "pointing_hits", "pointing_game", "energy_in_box", "show_cam", "image_array",
+           "is_cat", "synth_pets", "load_boxes", "pets_path", "test_image", "test_image_box",
+           "get_learner"]
