@@ -60,8 +60,9 @@ class PytorchGradCam:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
         return self.method(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
 
-    def close(self):
-        self.method.activations_and_grads.release()
+    def close(self):  # not release(): its in-place detach_ fails on some activations (views)
+        for handle in self.method.activations_and_grads.handles:
+            handle.remove()
 
 
 class TorchCam:

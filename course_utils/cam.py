@@ -19,6 +19,12 @@ Targets = Union[int, Sequence[int], torch.Tensor]
 Boxes = Union[Sequence[Sequence[float]], torch.Tensor]  # one (x0, y0, x1, y1) per map, in pixels
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """The same tensor (and graph) as a plain torch.Tensor: fastai's TensorImage/TensorCategory
+    dispatch refuses to mix (e.g. in `gather`), and callers should get plain maps back."""
+    return t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t
+
+
 # ---------------------------------------------------------------- input checks
 def _check_batch(model: nn.Module, x: torch.Tensor) -> None:
     """Reject what would otherwise fail deep inside the model, with the fix in the message."""
@@ -50,7 +56,7 @@ def _target_tensor(targets: Targets, n: int, n_classes: int, device) -> torch.Te
     if isinstance(targets, (bool, str, bytes)):
         raise bad_type
     try:
-        t = torch.as_tensor(targets)
+        t = _plain(torch.as_tensor(targets))
     except (TypeError, ValueError, RuntimeError):
         raise bad_type from None
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
@@ -148,9 +154,9 @@ def gradcam(model: nn.Module, x: torch.Tensor,
     if logits.dim() != 2:
         raise ValueError(f"the model must return scores [N, classes], got {tuple(logits.shape)}")
     t = _target_tensor(targets, x.shape[0], logits.shape[1], logits.device)
-    score = logits.gather(1, t[:, None]).sum()  # images are independent: one backward for all
+    score = _plain(logits).gather(1, t[:, None]).sum()  # images are independent: one backward for all
     grads = torch.autograd.grad(score, acts)
-    maps = [_gradcam_map(a.detach(), g, relu) for a, g in zip(acts, grads)]
+    maps = [_gradcam_map(_plain(a.detach()), _plain(g), relu) for a, g in zip(acts, grads)]
     return maps if many else maps[0]
 
 
@@ -172,10 +178,10 @@ def cam(model: nn.Module, x: torch.Tensor, targets: Targets) -> torch.Tensor:
     pool, linear = _gap_and_linear(model)
     with torch.no_grad(), _eval_mode(model), _capture_io(pool, linear) as io:
         logits = model(x)
-    act, lin_in, lin_out = io["act"], io["lin_in"], io["lin_out"]
+    act, lin_in, lin_out = io.get("act"), io.get("lin_in"), io.get("lin_out")
     _check_gap_linear_head(act, lin_in, lin_out, logits, linear)
     t = _target_tensor(targets, x.shape[0], logits.shape[1], logits.device)
-    return torch.einsum("nk,nkhw->nhw", linear.weight.detach()[t], act)
+    return torch.einsum("nk,nkhw->nhw", _plain(linear.weight.detach())[t], _plain(act))
 
 
 _NOT_GAP_LINEAR = ("cam needs a head that is global-average-pool followed directly by one Linear "
@@ -211,6 +217,7 @@ def _check_gap_linear_head(act, lin_in, lin_out, logits, linear) -> None:
     if act is None or lin_in is None:
         raise ValueError(_NOT_GAP_LINEAR.format(why="the pool or the Linear did not run"))
     _check_spatial(act, linear)
+    act, lin_in, lin_out, logits = map(_plain, (act, lin_in, lin_out, logits))
     gap = act.mean(dim=(2, 3))
     if lin_in.shape != gap.shape or not torch.allclose(lin_in, gap, rtol=1e-4, atol=1e-5):
         raise ValueError(_NOT_GAP_LINEAR.format(

@@ -31,9 +31,9 @@ __all__ = ["CHANNELS", "STRIDES", "EPOCHS", "LR", "BS", "TRAIN_SEED", "compact_c
 
 CHANNELS = (16, 32, 64, 96, 128)   # stem, then the four stages; the last one feeds the Linear
 STRIDES = (2, 2, 2, 2, 1)          # stem, then the four stages: total stride 16
-EPOCHS = 8
-LR = 5e-3
-BS = 64
+EPOCHS = 10
+LR = 8e-3
+BS = 32
 TRAIN_SEED = 42
 NUM_WORKERS = 0                    # fastest measured on 2 CPU cores: worker processes only add IPC
 SPLIT_SEED, VALID_PCT = 21, 0.2    # the book's split
@@ -108,6 +108,7 @@ def _save_atomic(obj, file: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)   # mkstemp makes it private; the cache is an ordinary file
         os.replace(tmp, file)
     finally:
         if os.path.exists(tmp):
@@ -121,6 +122,12 @@ def _offline_learner(dls, size: int):
         raise ValueError(f"size={size}: pass size >= 112 so the final feature map is at least 7x7.")
     return vision_learner(dls, compact_cnn, pretrained=False, custom_head=cam_head(CHANNELS[-1], dls.c),
                           metrics=[error_rate, accuracy])
+
+
+def _ready(learn):
+    """The learner with its model in eval mode: a stray forward pass then leaves BN statistics alone."""
+    learn.model.eval()
+    return learn
 
 
 def get_learner(online: bool | None = None, *, n: int = DEFAULT_N, size: int = DEFAULT_SIZE,
@@ -139,15 +146,18 @@ def get_learner(online: bool | None = None, *, n: int = DEFAULT_N, size: int = D
     if use_cache and file.exists():
         learn = _offline_learner(get_dls(path, size, bs, online=False), size)
         learn.model.load_state_dict(torch.load(file, map_location="cpu"))
-        return learn
+        return _ready(learn)
     set_seed(seed, reproducible=True)   # seeds the split shuffles, the weight init and the batches
     learn = _offline_learner(get_dls(path, size, bs, online=False), size)
     start = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(epochs, lr)
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        epochs_log = [[float(v) for v in row] for row in learn.recorder.values]
+        valid = learn.validate()
     _save_atomic({k: v.detach().cpu() for k, v in learn.model.state_dict().items()}, file)
     info = {"config": config, "train_seconds": round(seconds, 1),
-            "valid": dict(zip(["loss", "error_rate", "accuracy"], map(float, learn.validate())))}
+            "valid": dict(zip(["loss", "error_rate", "accuracy"], map(float, valid))),
+            "epochs": epochs_log}   # per epoch: train loss, valid loss, error rate, accuracy
     file.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
-    return learn
+    return _ready(learn)

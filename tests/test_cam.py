@@ -81,6 +81,13 @@ def test_book_cam_equals_cam_on_the_default_head(learn, batch):
                           atol=1e-5)
 
 
+def test_fastai_batches_work_and_give_plain_maps(learn):
+    """A TensorImage batch with TensorCategory targets, straight from the DataLoaders."""
+    x, y = learn.dls.valid.one_batch()
+    for maps in (gradcam(learn.model, x[:4], learn.model[0], y[:4]), cam(learn.model, x[:4], y[:4])):
+        assert type(maps) is torch.Tensor and maps.shape == (4, 8, 8)
+
+
 # ---------------------------------------------------------------- oracles: captum and pytorch-grad-cam
 def captum_gradcam(model, x, layer, targets):
     from captum.attr import LayerGradCam
@@ -98,8 +105,9 @@ def pytorch_grad_cam_raw(model, x, layer, targets):
         acts = method.activations_and_grads.activations[0].cpu().numpy()
         grads = method.activations_and_grads.gradients[0].cpu().numpy()
         return torch.from_numpy(np.maximum(method.get_cam_image(x, layer, tg, acts, grads), 0))
-    finally:
-        method.activations_and_grads.release()
+    finally:  # not release(): its in-place detach_ fails on some activations (views)
+        for handle in method.activations_and_grads.handles:
+            handle.remove()
 
 
 def oracle_cases(learn, batch):
@@ -288,6 +296,6 @@ def test_pointing_game_and_energy_in_box():
 
 @pytest.fixture(scope="module")
 def batch(learn):
-    """Eight validation images of the default model, on its device."""
+    """Eight validation images of the default model, on its device, as a plain tensor."""
     x, _ = learn.dls.valid.one_batch()
-    return x[:8]
+    return x[:8].as_subclass(torch.Tensor)
