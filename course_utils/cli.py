@@ -12,6 +12,8 @@ from pathlib import Path
 
 def demo(out: Path, online: bool | None = None, index: int = 0) -> Path:
     """Build (or load) the default data and model, and save Grad-CAM of one validation image."""
+    import warnings
+    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")  # fastai's import
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -34,11 +36,11 @@ def demo(out: Path, online: bool | None = None, index: int = 0) -> Path:
     layers = {"body (learn.model[0])": learn.model[0], "inner stage (learn.model[0][-2])": learn.model[0][-2]}
     maps = gradcam(learn.model, x, list(layers.values()), pred)
     image = learn.dls.train.decode((x,))[0][0]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(10, 4))
     axes[0].imshow(image_array(image))
     axes[0].axis("off")
     label = "cat" if str(learn.dls.vocab[pred]) == "True" else "dog"   # vocab is [False, True]: is_cat
-    axes[0].set_title(f"{Path(valid.items[index]).name}\npredicted {label}, p={probs[pred]:.3f}",
+    axes[0].set_title(f"{Path(valid.items[index]).name}\npredicted {label}, p={probs[pred].item():.3f}",
                       fontsize=9)
     for ax, (name, m) in zip(axes[1:], zip(layers, maps)):
         show_cam(image, m[0], ax=ax)
