@@ -1,9 +1,9 @@
 # Two commands for a fresh machine: `make demo` (main job, offline default), then `make test`.
 # Both build the virtual environment on first use (tools/venv.sh); nothing else is needed by hand.
 SHELL := /bin/bash
-RUN = venv=$$(tools/venv.sh) && PYTHONPATH=$(CURDIR) MPLBACKEND=Agg "$$venv/bin/python"
+RUN = venv=$$(tools/venv.sh) && PYTHONPATH=$(CURDIR) "$$venv/bin/python"
 
-.PHONY: demo test bench venv lab release
+.PHONY: demo test bench venv lab release nbgrader
 venv:
 	@tools/venv.sh
 
@@ -21,3 +21,7 @@ lab:
 
 release:
 	@$(RUN) tools/release.py
+
+# Instructor: any nbgrader command in the course environment, e.g. make nbgrader ARGS="autograde 01_setup"
+nbgrader:
+	@venv=$$(tools/venv.sh) && PATH="$$venv/bin:$$PATH" PYTHONPATH=$(CURDIR) "$$venv/bin/nbgrader" $(ARGS)
