@@ -93,8 +93,17 @@ METHODS = {"floor": lambda m, l: Plain(floor), "course_utils": lambda m, l: Plai
            "captum": Captum, "pytorch-grad-cam": PytorchGradCam, "torch-cam": TorchCam}
 
 
-def time_case(model, x, layer, targets, rounds: int, calls: int) -> dict[str, float]:
+def calls_per_sample(model, x, layer, targets, seconds: float = 0.1) -> int:
+    """How many calls make one timing sample last about `seconds` (short calls are noisy)."""
+    floor(model, x, layer, targets)
+    start = time.perf_counter()
+    floor(model, x, layer, targets)
+    return max(1, round(seconds / (time.perf_counter() - start)))
+
+
+def time_case(model, x, layer, targets, rounds: int) -> dict[str, float]:
     """Median seconds per call of every method, over interleaved rounds."""
+    calls = calls_per_sample(model, x, layer, targets)
     samples = {name: [] for name in METHODS}
     for r in range(rounds + 1):                    # round 0 warms up and is discarded
         for name, make in METHODS.items():
@@ -139,11 +148,8 @@ def main():
             torch.manual_seed(batch)
             x = torch.randn(batch, 3, size, size)
             targets = torch.arange(batch) % 2
-            work = batch * size * size / 128 ** 2       # keep each case to a few seconds
-            calls = max(1, int(20 / max(work, 1) ** 0.5))
-            rounds = 3 if args.quick else 7
             for lname, layer in layers:
-                t = time_case(model, x, layer, targets, rounds=rounds, calls=calls)
+                t = time_case(model, x, layer, targets, rounds=5 if args.quick else 15)
                 peer = min(t["captum"], t["pytorch-grad-cam"], t["torch-cam"])
                 cells = " | ".join(f"{1e3 * t[n]:.1f}" for n in names)
                 print(f"| {label} | {lname} | {batch} | {cells} | "

@@ -37,10 +37,10 @@ def _check_batch(model: nn.Module, x: torch.Tensor) -> None:
                          "for one image use x[None] (or first(dls.test_dl([img])))")
 
 
-def _check_layers(model: nn.Module, layers: Sequence[nn.Module]) -> None:
+def _check_layers(modules: list[nn.Module], layers: Sequence[nn.Module]) -> None:
     if not layers:
         raise ValueError("give at least one layer")
-    inside = {id(m) for m in model.modules()}
+    inside = {id(m) for m in modules}
     for layer in layers:
         if not isinstance(layer, nn.Module):
             raise TypeError(f"a layer must be an nn.Module (e.g. learn.model[0]), "
@@ -51,25 +51,31 @@ def _check_layers(model: nn.Module, layers: Sequence[nn.Module]) -> None:
 
 
 def _target_tensor(targets: Targets, n: int, n_classes: int, device) -> torch.Tensor:
-    """One class index per image, as a long tensor, after checking type, count and range."""
-    bad_type = TypeError(f"targets must be an int or one int per image, got {targets!r:.60}")
+    """One class index per image, as a long tensor, after checking type, count and range.
+
+    The range is checked on Python ints where possible: this runs on every call, and tensor
+    comparisons cost more than the rest of the bookkeeping on a small model.
+    """
+    def bad_type() -> TypeError:
+        return TypeError(f"targets must be an int or one int per image, got {targets!r:.60}")
     if isinstance(targets, (bool, str, bytes)):
-        raise bad_type
+        raise bad_type()
     try:
         t = _plain(torch.as_tensor(targets))
     except (TypeError, ValueError, RuntimeError):
-        raise bad_type from None
+        raise bad_type() from None
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise bad_type
+        raise bad_type()
     if t.dim() == 0:
         t = t.expand(n)                                  # one class for every image
     elif t.dim() != 1 or t.numel() != n:
         raise ValueError(f"got {t.numel()} targets for {n} images: give one class per image "
                          "or a single int for all")
-    if n and (t.min() < 0 or t.max() >= n_classes):
+    values = t.tolist()
+    if n and not 0 <= min(values) <= max(values) < n_classes:
         raise ValueError(f"target class out of range: the model has {n_classes} classes "
-                         f"(0..{n_classes - 1}), got {t.tolist()}")
-    return t.long().to(device)
+                         f"(0..{n_classes - 1}), got {values}")
+    return t.to(device=device, dtype=torch.long)
 
 
 def _check_spatial(act: torch.Tensor, layer: nn.Module) -> None:
@@ -80,16 +86,31 @@ def _check_spatial(act: torch.Tensor, layer: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------- shared machinery
+def _submodules(model: nn.Module) -> list[nn.Module]:
+    """`list(model.modules())` (shared modules may repeat) at a third of the cost: gradcam needs
+    it on every call, and on a small model `modules()` costs as much as the rest of the checks."""
+    found, todo = [], [model]
+    while todo:
+        m = todo.pop()
+        found.append(m)
+        todo.extend(c for c in m._modules.values() if c is not None)
+    return found
+
+
 @contextmanager
-def _eval_mode(model: nn.Module):
-    """Run in eval mode (no dropout, no BatchNorm statistics update), then restore every flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+def _eval_mode(modules: list[nn.Module]):
+    """Run in eval mode (no dropout, no BatchNorm statistics update), then restore every flag.
+
+    Only the modules in training mode are touched, so an eval-mode model costs nothing here.
+    """
+    training = [m for m in modules if m.training]
+    for m in training:
+        m.training = False
     try:
         yield
     finally:
-        for m, training in modes:
-            m.training = training
+        for m in training:
+            m.training = True
 
 
 @contextmanager
@@ -142,11 +163,12 @@ def gradcam(model: nn.Module, x: torch.Tensor,
     many = not isinstance(layer, nn.Module)
     layers = list(layer) if many else [layer]
     _check_batch(model, x)
-    _check_layers(model, layers)
+    modules = _submodules(model)
+    _check_layers(modules, layers)
     if not torch.is_grad_enabled():
         raise RuntimeError("gradcam needs gradients but was called under torch.no_grad(); "
                            "call it outside that block (or inside torch.enable_grad())")
-    with _eval_mode(model), _capture_outputs(layers) as records:
+    with _eval_mode(modules), _capture_outputs(layers) as records:
         logits = model(x)
     acts = [_single_output(r, l) for r, l in zip(records, layers)]
     for act, l in zip(acts, layers):
@@ -161,8 +183,8 @@ def gradcam(model: nn.Module, x: torch.Tensor,
 
 
 def _gradcam_map(act: torch.Tensor, grad: torch.Tensor, relu: bool) -> torch.Tensor:
-    weights = grad.mean(dim=(2, 3))                       # [N, K]: one weight per channel
-    m = torch.einsum("nk,nkhw->nhw", weights, act)
+    weights = grad.mean(dim=(2, 3), keepdim=True)         # [N, K, 1, 1]: one weight per channel
+    m = (weights * act).sum(1)
     return m.clamp_min(0) if relu else m
 
 
@@ -176,7 +198,7 @@ def cam(model: nn.Module, x: torch.Tensor, targets: Targets) -> torch.Tensor:
     """
     _check_batch(model, x)
     pool, linear = _gap_and_linear(model)
-    with torch.no_grad(), _eval_mode(model), _capture_io(pool, linear) as io:
+    with torch.no_grad(), _eval_mode(_submodules(model)), _capture_io(pool, linear) as io:
         logits = model(x)
     act, lin_in, lin_out = io.get("act"), io.get("lin_in"), io.get("lin_out")
     _check_gap_linear_head(act, lin_in, lin_out, logits, linear)
