@@ -133,10 +133,24 @@ def cases(quick: bool):
         yield "resnet18, 224 px", resnet, 224, [("layer4", resnet.layer4), ("layer3", resnet.layer3)]
 
 
+def overhead() -> None:
+    """Fixed cost per call, on a model that computes almost nothing (one thread, 4x4 px input)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    toy = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    t = time_case(toy, torch.randn(1, 3, 4, 4), toy[0], torch.tensor([1]), rounds=15)
+    print("fixed cost per call, microseconds (toy model, 1 thread): "
+          + ", ".join(f"{name} {1e6 * sec:.0f}" for name, sec in t.items()))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="default model only, fewer rounds")
+    parser.add_argument("--overhead", action="store_true", help="only the fixed cost per call")
     args = parser.parse_args()
+    if args.overhead:
+        return overhead()
     names = list(METHODS)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
           "median ms per call")

@@ -88,12 +88,13 @@ def _check_spatial(act: torch.Tensor, layer: nn.Module) -> None:
 # ---------------------------------------------------------------- shared machinery
 def _submodules(model: nn.Module) -> list[nn.Module]:
     """`list(model.modules())` (shared modules may repeat) at a third of the cost: gradcam needs
-    it on every call, and on a small model `modules()` costs as much as the rest of the checks."""
+    it on every call, and on a small model `modules()` costs as much as all the other checks."""
     found, todo = [], [model]
     while todo:
         m = todo.pop()
-        found.append(m)
-        todo.extend(c for c in m._modules.values() if c is not None)
+        if m is not None:                 # a child slot may hold None
+            found.append(m)
+            todo.extend(m._modules.values())
     return found
 
 
