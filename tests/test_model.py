@@ -92,7 +92,7 @@ def test_gradcam_points_at_the_head(learn):
     size = data.DEFAULT_SIZE
     maps = []
     for x, y in learn.dls.valid:
-        maps.append(upsample(gradcam(learn.model, _plain(x), learn.model[0], _plain(y)), size))
+        maps.append(upsample(gradcam(learn.model, x, learn.model[0], y), size))  # fastai types as they come
     maps = torch.cat(maps)
     truth = [boxes[p.name] for p in learn.dls.valid.items]
     assert maps.shape == (len(truth), size, size)

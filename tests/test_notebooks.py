@@ -169,7 +169,7 @@ def test_one_wrong_exercise_loses_exactly_its_points(graded):
     _, scores = graded
     lesson, grade_id, _ = BROKEN
     cells = scores[("onewrong", lesson)]
-    tests_of_broken = {k for k in cells if k == f"test_{grade_id}"}
-    assert tests_of_broken, f"no test cell named test_{grade_id}"
+    broken = f"test_{grade_id}"
+    assert broken in cells, f"no test cell named {broken}"
     for name, (score, max_score) in cells.items():
-        assert score == (0 if name in tests_of_broken else max_score), (name, score, max_score)
+        assert score == (0 if name == broken else max_score), (name, score, max_score)
