@@ -118,9 +118,11 @@ def _eval_mode(modules: list[nn.Module]):
 def _capture_outputs(layers: Sequence[nn.Module]):
     """Record each layer's output on the graph, and hand the rest of the network a copy.
 
-    The copy keeps the recorded tensor safe from in-place ops downstream (ReLU(inplace=True),
-    `out += identity`). An output that needs no gradient (frozen layers) becomes a leaf that does,
-    so Grad-CAM works without touching any parameter's `requires_grad`.
+    Run the model under `torch.no_grad()` in this block: the first recorded layer switches
+    gradients on, so autograd records only what comes after it. Grad-CAM needs no graph before the
+    layer, and not building one makes the pass cheaper than a plain forward (see benchmarks/).
+    That first output becomes a leaf that requires grad, so frozen layers need no flag change. The
+    copy keeps the recorded tensor safe from in-place ops downstream (ReLU(inplace=True), `+=`).
     """
     records: list[list[torch.Tensor]] = [[] for _ in layers]
 
@@ -128,6 +130,7 @@ def _capture_outputs(layers: Sequence[nn.Module]):
         def hook(module, inputs, output):
             if not isinstance(output, torch.Tensor):
                 return None
+            torch.set_grad_enabled(True)        # the graph starts here; no_grad's exit restores
             act = output if output.requires_grad else output.detach().requires_grad_()
             record.append(act)
             return act.clone()
@@ -169,8 +172,8 @@ def gradcam(model: nn.Module, x: torch.Tensor,
     if not torch.is_grad_enabled():
         raise RuntimeError("gradcam needs gradients but was called under torch.no_grad(); "
                            "call it outside that block (or inside torch.enable_grad())")
-    with _eval_mode(modules), _capture_outputs(layers) as records:
-        logits = model(x)
+    with _eval_mode(modules), _capture_outputs(layers) as records, torch.no_grad():
+        logits = model(x)                 # gradients are on only after the first layer
     acts = [_single_output(r, l) for r, l in zip(records, layers)]
     for act, l in zip(acts, layers):
         _check_spatial(act, l)
@@ -178,15 +181,20 @@ def gradcam(model: nn.Module, x: torch.Tensor,
         raise ValueError(f"the model must return scores [N, classes], got {tuple(logits.shape)}")
     t = _target_tensor(targets, x.shape[0], logits.shape[1], logits.device)
     score = _plain(logits).gather(1, t[:, None]).sum()  # images are independent: one backward for all
-    grads = torch.autograd.grad(score, acts)
+    grads = torch.autograd.grad(score, acts, allow_unused=True) if score.requires_grad else [None]
+    for g, l in zip(grads, layers):
+        if g is None:
+            raise ValueError(f"the model's scores do not depend on the output of {type(l).__name__}; "
+                             "pick a layer on the path from the input to the scores")
     maps = [_gradcam_map(_plain(a.detach()), _plain(g), relu) for a, g in zip(acts, grads)]
     return maps if many else maps[0]
 
 
 def _gradcam_map(act: torch.Tensor, grad: torch.Tensor, relu: bool) -> torch.Tensor:
-    weights = grad.mean(dim=(2, 3), keepdim=True)         # [N, K, 1, 1]: one weight per channel
-    m = (weights * act).sum(1)
-    return m.clamp_min(0) if relu else m
+    n, k, h, w = act.shape
+    weights = grad.mean(dim=(2, 3))                       # [N, K]: one weight per channel
+    m = torch.bmm(weights[:, None], act.reshape(n, k, h * w)).view(n, h, w)  # sum_k w_k A_k
+    return m.clamp_min_(0) if relu else m
 
 
 # ---------------------------------------------------------------- CAM

@@ -183,6 +183,47 @@ def test_gradcam_leaves_the_model_and_input_as_it_found_them():
     assert n_hooks(model) == 0
 
 
+def test_gradcam_builds_no_graph_before_the_layer_and_restores_grad_mode():
+    torch.manual_seed(3)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    seen = {}
+    for name in ("layer1", "layer2", "layer4"):
+        getattr(model, name).register_forward_hook(
+            lambda m, i, o, name=name: seen.__setitem__(name, (torch.is_grad_enabled(), o.requires_grad)))
+    gradcam(model, torch.randn(1, 3, 32, 32), model.layer2, 0)
+    assert seen["layer1"] == (False, False)   # before the layer: nothing recorded
+    assert seen["layer2"] == (False, False)   # its own output: the hook turns gradients on after it
+    assert seen["layer4"] == (True, True)     # after the layer: the graph Grad-CAM needs
+    assert torch.is_grad_enabled()
+
+
+def test_grad_mode_and_hooks_are_restored_when_the_model_raises():
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.Flatten(), nn.Linear(5, 2))   # wrong Linear size
+    with pytest.raises(RuntimeError):
+        gradcam(model, torch.randn(1, 3, 4, 4), model[0], 0)
+    assert torch.is_grad_enabled() and n_hooks(model) == 0
+
+
+class SideBranch(nn.Module):
+    """A model with a layer that runs but does not reach the scores."""
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+
+    def forward(self, x):
+        self.unused(x)
+        return self.head(self.used(x))
+
+
+@pytest.mark.parametrize("layers", [lambda m: m.unused, lambda m: [m.used, m.unused]])
+def test_a_layer_that_does_not_reach_the_scores_is_named(layers):
+    model = SideBranch()
+    with pytest.raises(ValueError, match="do not depend on the output of Conv2d"):
+        gradcam(model, torch.randn(1, 3, 4, 4), layers(model), 0)
+    assert n_hooks(model) == 0
+
+
 def test_gradcam_works_on_a_frozen_model():
     model = handset_model().requires_grad_(False)
     m = gradcam(model, HANDSET_X, model[0], 0, relu=False)
