@@ -1,28 +1,42 @@
 """Time course_utils.gradcam against captum, pytorch-grad-cam, torch-cam and the floor, side by side.
 
-The floor is the least any Grad-CAM can do: one forward pass that keeps the layer output, and
+The floor is what a plain Grad-CAM must do: one forward pass that keeps the layer output, and
 `torch.autograd.grad` of the target scores to it. Every method runs on the same model, inputs and
-targets; rounds are interleaved so that drift of the machine hits all methods alike, and each
-method's hooks exist only while it is being timed. Prints a Markdown table (median ms per call).
+targets, in rounds that visit the methods in a rotating order, so that drift of the machine hits
+them alike. Each method's hooks exist only during its own sample. Before a sample, free memory is
+handed back to the system (`malloc_trim`) and one call runs untimed: each method is then timed in
+the steady state its own allocations leave, not in a heap that another method (pytorch-grad-cam
+back-propagates into every weight) has already grown. Each sample repeats calls for about 50 ms.
+The table shows the median over rounds, and the ratios as medians of the ratios within a round
+(the methods of a round ran back to back, so this cancels the drift of the machine, whose speed
+moves by up to 2x within a second on our VM). The median, not the best sample: a method's own
+cost varies from call to call (page faults when its graph holds more memory), and the best
+sample would hide exactly that. A second table gives each method's peak memory.
 
-    make bench            # or: PYTHONPATH=. python benchmarks/gradcam.py [--quick]
+    make bench            # or: PYTHONPATH=. python benchmarks/gradcam.py [--quick] [--overhead]
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import functools
+import math
 import platform
 import statistics
 import time
 import warnings
 
 import torch
-import torchvision
-
-from course_utils import gradcam
 
 warnings.filterwarnings("ignore")  # the peers' deprecation chatter is not what we measure
 
+NAMES = ["floor", "course_utils", "captum", "pytorch-grad-cam", "torch-cam"]
+PEERS = ["captum", "pytorch-grad-cam", "torch-cam"]
+SAMPLE_SECONDS = 0.05   # short samples: this machine's speed drifts within a second
 
+
+# ---------------------------------------------------------------- the methods
 def floor(model, x, layer, targets):
     """One forward keeping the layer output, then autograd.grad of the target scores to it."""
     kept = []
@@ -35,140 +49,237 @@ def floor(model, x, layer, targets):
     return grad
 
 
-def ours(model, x, layer, targets):
-    return gradcam(model, x, layer, targets)
-
-
-class Captum:
-    def __init__(self, model, layer):
+def make_method(name: str, model, layer):
+    """`(call, close)`: `call(x, targets)` computes the maps as each library's documentation shows;
+    `close()` removes whatever hooks the setup left on the model."""
+    if name == "floor":
+        return (lambda x, t: floor(model, x, layer, t)), (lambda: None)
+    if name == "course_utils":
+        from course_utils import gradcam
+        return (lambda x, t: gradcam(model, x, layer, t)), (lambda: None)
+    if name == "captum":
         from captum.attr import LayerGradCam
-        self.method = LayerGradCam(model, layer)
-
-    def __call__(self, model, x, layer, targets):
-        return self.method.attribute(x, target=targets.tolist(), relu_attributions=True)
-
-    def close(self):
-        pass
-
-
-class PytorchGradCam:
-    def __init__(self, model, layer):
+        method = LayerGradCam(model, layer)
+        return (lambda x, t: method.attribute(x, target=t.tolist(), relu_attributions=True)), (lambda: None)
+    if name == "pytorch-grad-cam":
         from pytorch_grad_cam import GradCAM
-        self.method = GradCAM(model=model, target_layers=[layer])
-
-    def __call__(self, model, x, layer, targets):
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-        return self.method(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+        method = GradCAM(model=model, target_layers=[layer])
 
-    def close(self):  # not release(): its in-place detach_ fails on some activations (views)
-        for handle in self.method.activations_and_grads.handles:
-            handle.remove()
-
-
-class TorchCam:
-    def __init__(self, model, layer):
+        def close():  # not release(): its in-place detach_ fails on some activations (views)
+            for handle in method.activations_and_grads.handles:
+                handle.remove()
+        return (lambda x, t: method(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in t])), close
+    if name == "torch-cam":
         from torchcam.methods import GradCAM
-        self.method = GradCAM(model, target_layer=layer)
-
-    def __call__(self, model, x, layer, targets):
-        return self.method(class_idx=targets.tolist(), scores=model(x), normalized=False)
-
-    def close(self):
-        self.method.remove_hooks()
+        method = GradCAM(model, target_layer=layer)
+        return (lambda x, t: method(class_idx=t.tolist(), scores=model(x), normalized=False)), method.remove_hooks
+    raise ValueError(f"unknown method {name!r}; choose from {NAMES}")
 
 
-class Plain:
-    """A method that is a plain function: nothing to set up or tear down."""
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, *args):
-        return self.fn(*args)
-
-    def close(self):
-        pass
+# ---------------------------------------------------------------- the cases
+@functools.lru_cache(maxsize=1)
+def default_model():
+    from course_utils.model import get_learner
+    return get_learner().model.eval()
 
 
-METHODS = {"floor": lambda m, l: Plain(floor), "course_utils": lambda m, l: Plain(ours),
-           "captum": Captum, "pytorch-grad-cam": PytorchGradCam, "torch-cam": TorchCam}
+def build_case(model_name: str, layer_name: str, batch: int):
+    """The model, layer, input batch and targets of one row; the same in every process."""
+    torch.manual_seed(0)
+    if model_name == "default":
+        from course_utils.data import DEFAULT_SIZE
+        model, size = default_model(), DEFAULT_SIZE
+        layer = {"last": model[0], "inner": model[0][-2]}[layer_name]
+    elif model_name == "resnet18":
+        import torchvision
+        model, size = torchvision.models.resnet18(num_classes=2).eval(), 224
+        layer = getattr(model, layer_name)
+    else:  # "toy": a model that computes almost nothing, so what is left is the cost per call
+        model, size = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.AdaptiveAvgPool2d(1),
+                                          torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval(), 4
+        layer = model[0]
+    torch.manual_seed(batch)
+    return model, layer, torch.randn(batch, 3, size, size), torch.arange(batch) % 2
 
 
-def calls_per_sample(model, x, layer, targets, seconds: float = 0.1) -> int:
-    """How many calls make one timing sample last about `seconds` (short calls are noisy)."""
-    floor(model, x, layer, targets)
-    start = time.perf_counter()
-    floor(model, x, layer, targets)
-    return max(1, round(seconds / (time.perf_counter() - start)))
-
-
-def time_case(model, x, layer, targets, rounds: int) -> dict[str, float]:
-    """Median seconds per call of every method, over interleaved rounds."""
-    calls = calls_per_sample(model, x, layer, targets)
-    samples = {name: [] for name in METHODS}
-    for r in range(rounds + 1):                    # round 0 warms up and is discarded
-        for name, make in METHODS.items():
-            method = make(model, layer)
-            try:
-                start = time.perf_counter()
-                for _ in range(calls):
-                    method(model, x, layer, targets)
-                elapsed = (time.perf_counter() - start) / calls
-            finally:
-                method.close()
-                model.zero_grad(set_to_none=True)
-            if r:
-                samples[name].append(elapsed)
-    return {name: statistics.median(s) for name, s in samples.items()}
+LABELS = {"default": "default model, 128 px", "resnet18": "resnet18, 224 px", "toy": "toy, 4 px"}
 
 
 def cases(quick: bool):
-    from course_utils.model import get_learner
-    learn = get_learner()
-    default = learn.model.eval()
-    size = learn.dls.one_batch()[0].shape[-1]
-    torch.manual_seed(0)
-    resnet = torchvision.models.resnet18(num_classes=2).eval()
-    yield f"default model, {size} px", default, size, [("last", default[0]), ("inner", default[0][-2])]
+    for batch in (1, 16):
+        for layer in ("last", "inner"):
+            yield "default", layer, batch
     if not quick:
-        yield "resnet18, 224 px", resnet, 224, [("layer4", resnet.layer4), ("layer3", resnet.layer3)]
+        for batch in (1, 16):
+            for layer in ("layer4", "layer3"):
+                yield "resnet18", layer, batch
 
 
-def overhead() -> None:
+# ---------------------------------------------------------------- timing
+def _libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+LIBC = _libc()  # glibc: malloc_trim exists; elsewhere the heap is left as it is
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free memory back to the system, so the next method starts from cold."""
+    if LIBC is not None:
+        LIBC.malloc_trim(0)
+
+
+def reset_peak_memory() -> None:
+    """Start a new high-water mark of resident memory (Linux >= 4.0; elsewhere peaks read NaN)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def memory_mb(field: str) -> float:
+    """`VmRSS` (now) or `VmHWM` (peak since `reset_peak_memory`) of this process, in MB."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith(field + ":"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return float("nan")
+
+
+def sample(name: str, model, layer, x, targets, calls: int) -> tuple[float, float]:
+    """Seconds per call of one method over `calls` calls, and its peak memory above the start (MB)."""
+    model.zero_grad(set_to_none=True)       # pytorch-grad-cam writes .grad; start every method clean
+    release_free_memory()
+    reset_peak_memory()
+    base = memory_mb("VmRSS")
+    call, close = make_method(name, model, layer)
+    try:
+        call(x, targets)                     # untimed: brings this method to its steady state
+        start = time.perf_counter()
+        for _ in range(calls):
+            call(x, targets)
+        elapsed = (time.perf_counter() - start) / calls
+    finally:
+        close()
+    return elapsed, memory_mb("VmHWM") - base
+
+
+def calls_per_sample(model, layer, x, targets) -> int:
+    """How many calls make a sample last about SAMPLE_SECONDS (short calls are noisy)."""
+    floor(model, x, layer, targets)
+    n, start = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - start < SAMPLE_SECONDS / 5:
+        floor(model, x, layer, targets)
+        n += 1
+    return max(1, round(SAMPLE_SECONDS * n / (time.perf_counter() - start)))
+
+
+def time_case(case: tuple, rounds: int) -> tuple[list[dict], dict]:
+    """Per-round seconds per call of every method, and each method's largest peak memory (MB)."""
+    model, layer, x, targets = build_case(*case)
+    calls = calls_per_sample(model, layer, x, targets)
+    per_round, peaks = [], {name: [] for name in NAMES}
+    for r in range(rounds + 1):              # round 0 warms up and is discarded
+        times = {}
+        for name in NAMES[r % len(NAMES):] + NAMES[:r % len(NAMES)]:
+            times[name], peak = sample(name, model, layer, x, targets, calls)
+            peaks[name].append(peak)
+        if r:
+            per_round.append(times)
+    return per_round, {name: max(p) if not any(map(math.isnan, p)) else math.nan
+                       for name, p in peaks.items()}
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median: the order statistics k+1 and n-k, with the
+    largest k whose binomial tail keeps the coverage (the whole range when n is too small)."""
+    v, n = sorted(values), len(values)
+    k, tail = -1, 0.0
+    while k + 1 < n // 2:
+        tail += math.comb(n, k + 1) / 2 ** n
+        if 2 * tail > 1 - confidence:
+            break
+        k += 1
+    return (v[0], v[-1]) if k < 0 else (v[k], v[n - 1 - k])
+
+
+def summarize(per_round: list[dict]) -> dict:
+    """Median seconds per call of every method over the rounds, and ours / floor and ours /
+    fastest peer as medians (with 95 % intervals) of the ratios within each round: the methods of
+    a round ran back to back, so the ratio cancels the machine's drift."""
+    t = {n: statistics.median(r[n] for r in per_round) for n in NAMES}
+    for key, ratios in (("ours/floor", [r["course_utils"] / r["floor"] for r in per_round]),
+                        ("ours/peer", [r["course_utils"] / min(r[p] for p in PEERS)
+                                       for r in per_round])):
+        t[key], t[key + " interval"] = statistics.median(ratios), median_interval(ratios)
+    return t
+
+
+def ratio_cell(t: dict, key: str) -> str:
+    lo, hi = t[key + " interval"]
+    return f"{t[key]:.2f}× ({lo:.2f}–{hi:.2f})"
+
+
+# ---------------------------------------------------------------- reports
+def overhead(rounds: int) -> None:
     """Fixed cost per call, on a model that computes almost nothing (one thread, 4x4 px input)."""
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    toy = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
-    t = time_case(toy, torch.randn(1, 3, 4, 4), toy[0], torch.tensor([1]), rounds=15)
-    print("fixed cost per call, microseconds (toy model, 1 thread): "
-          + ", ".join(f"{name} {1e6 * sec:.0f}" for name, sec in t.items()))
+    per_round, _ = time_case(("toy", "last", 1), rounds)
+    t = summarize(per_round)
+    print("fixed cost per call, median microseconds (toy model, 1 thread, "
+          f"{rounds} rounds): " + ", ".join(f"{name} {1e6 * t[name]:.0f}" for name in NAMES))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="default model only, fewer rounds")
-    parser.add_argument("--overhead", action="store_true", help="only the fixed cost per call")
-    args = parser.parse_args()
-    if args.overhead:
-        return overhead()
-    names = list(METHODS)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
-          "median ms per call")
+def table(quick: bool, rounds: int) -> None:
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, {platform.machine()}; median ms per call "
+          f"over {rounds} interleaved rounds; ratios with their 95 % intervals")
     print()
-    print("| model | layer | batch | " + " | ".join(names) + " | ours / floor | ours / fastest peer |")
-    print("|---" * (len(names) + 5) + "|")
-    for label, model, size, layers in cases(args.quick):
-        for batch in (1, 16):
-            torch.manual_seed(batch)
-            x = torch.randn(batch, 3, size, size)
-            targets = torch.arange(batch) % 2
-            for lname, layer in layers:
-                t = time_case(model, x, layer, targets, rounds=5 if args.quick else 15)
-                peer = min(t["captum"], t["pytorch-grad-cam"], t["torch-cam"])
-                cells = " | ".join(f"{1e3 * t[n]:.1f}" for n in names)
-                print(f"| {label} | {lname} | {batch} | {cells} | "
-                      f"{t['course_utils'] / t['floor']:.2f}× | {t['course_utils'] / peer:.2f}× |",
-                      flush=True)
+    head = "| model | layer | batch | " + " | ".join(NAMES)
+    print(head + " | ours / floor | ours / fastest peer |")
+    print("|---" * (len(NAMES) + 5) + "|")
+    memory, slower, far = [], [], []
+    for case in cases(quick):
+        per_round, peaks = time_case(case, rounds)
+        t = summarize(per_round)
+        row = f"| {LABELS[case[0]]} | {case[1]} | {case[2]} | "
+        print(row + " | ".join(f"{1e3 * t[n]:.1f}" for n in NAMES)
+              + f" | {ratio_cell(t, 'ours/floor')} | {ratio_cell(t, 'ours/peer')} |", flush=True)
+        memory.append(row + " | ".join(f"{peaks[n]:.0f}" for n in NAMES) + " |")
+        label = f"{LABELS[case[0]]} {case[1]} batch {case[2]}"
+        if t["ours/peer interval"][0] > 1:
+            slower.append(label)
+        if t["ours/floor interval"][1] > 1.15:
+            far.append(label)
+    print()
+    print("Measurably slower than the fastest peer (whole interval above 1): "
+          + (", ".join(slower) or "no row"))
+    print("Possibly above 1.15x the floor (interval reaches past it): " + (", ".join(far) or "no row"))
+    print()
+    print("Peak resident memory during a sample, above the level before it, MB (largest over rounds)")
+    print()
+    print(head + " |")
+    print("|---" * (len(NAMES) + 3) + "|")
+    print("\n".join(memory))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="default model only, 5 rounds")
+    parser.add_argument("--overhead", action="store_true", help="only the fixed cost per call")
+    parser.add_argument("--rounds", type=int, help="rounds per row (default 21, or 5 with --quick)")
+    args = parser.parse_args()
+    rounds = args.rounds or (5 if args.quick else 21)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
+    overhead(rounds) if args.overhead else table(args.quick, rounds)
 
 
 if __name__ == "__main__":
