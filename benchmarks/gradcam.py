@@ -121,7 +121,7 @@ def _libc():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
+    except (OSError, TypeError):   # no C library found by that name (Windows)
         return None
 
 
