@@ -98,52 +98,69 @@ def _submodules(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-@contextmanager
-def _eval_mode(modules: list[nn.Module]):
-    """Run in eval mode (no dropout, no BatchNorm statistics update), then restore every flag.
-
-    Only the modules in training mode are touched, so an eval-mode model costs nothing here.
-    """
+def _switch_to_eval(modules: list[nn.Module]) -> list[nn.Module]:
+    """Put the model in eval mode (no dropout, no BatchNorm statistics update) and return the
+    modules that were training, for `_restore_training`. An eval-mode model costs nothing here."""
     training = [m for m in modules if m.training]
     for m in training:
         m.training = False
-    try:
-        yield
-    finally:
-        for m in training:
-            m.training = True
+    return training
+
+
+def _restore_training(training: list[nn.Module]) -> None:
+    for m in training:
+        m.training = True
 
 
 @contextmanager
-def _capture_outputs(layers: Sequence[nn.Module]):
-    """Record each layer's output on the graph, and hand the rest of the network a copy.
+def _eval_mode(modules: list[nn.Module]):
+    """Run the block in eval mode, then restore every flag."""
+    training = _switch_to_eval(modules)
+    try:
+        yield
+    finally:
+        _restore_training(training)
 
-    Run the model under `torch.no_grad()` in this block: the first recorded layer switches
-    gradients on, so autograd records only what comes after it. Grad-CAM needs no graph before the
-    layer, and not building one makes the pass cheaper than a plain forward (see benchmarks/).
-    That first output becomes a leaf that requires grad, so frozen layers need no flag change. The
-    copy keeps the recorded tensor safe from in-place ops downstream (ReLU(inplace=True), `+=`).
+
+def _recording_hook(record: list):
+    """A forward hook that records the layer's output on the graph and hands the rest of the
+    network a copy.
+
+    The model runs with gradients off until the first recorded layer switches them on, so
+    autograd records only what comes after it: Grad-CAM needs no graph before the layer, and not
+    building one makes the pass cheaper than a plain forward (see benchmarks/). That first output
+    becomes a leaf that requires grad, so frozen layers need no flag change. The copy keeps the
+    recorded tensor safe from in-place ops downstream (ReLU(inplace=True), `out += identity`).
     """
+    def hook(module, inputs, output):
+        if not isinstance(output, torch.Tensor):
+            return None
+        torch.set_grad_enabled(True)            # the graph starts here
+        act = output if output.requires_grad else output.detach().requires_grad_()
+        record.append(act)
+        return act.clone()
+    return hook
+
+
+def _recorded_forward(model: nn.Module, modules: list[nn.Module], layers: Sequence[nn.Module],
+                      x: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+    """`model(x)` in eval mode with each layer's outputs recorded (see `_recording_hook`); the
+    model's flags, its hooks and the grad mode are restored however the pass ends. One function
+    rather than three context managers: gradcam pays this on every call."""
     records: list[list[torch.Tensor]] = [[] for _ in layers]
-
-    def make_hook(record):
-        def hook(module, inputs, output):
-            if not isinstance(output, torch.Tensor):
-                return None
-            torch.set_grad_enabled(True)        # the graph starts here; no_grad's exit restores
-            act = output if output.requires_grad else output.detach().requires_grad_()
-            record.append(act)
-            return act.clone()
-        return hook
-
+    grad_was_enabled = torch.is_grad_enabled()
+    training = _switch_to_eval(modules)
     handles = []
     try:
         for layer, record in zip(layers, records):
-            handles.append(layer.register_forward_hook(make_hook(record)))
-        yield records
+            handles.append(layer.register_forward_hook(_recording_hook(record)))
+        torch.set_grad_enabled(False)
+        return model(x), records
     finally:
+        torch.set_grad_enabled(grad_was_enabled)
         for h in handles:
             h.remove()
+        _restore_training(training)
 
 
 def _single_output(record: list, layer: nn.Module) -> torch.Tensor:
@@ -172,8 +189,7 @@ def gradcam(model: nn.Module, x: torch.Tensor,
     if not torch.is_grad_enabled():
         raise RuntimeError("gradcam needs gradients but was called under torch.no_grad(); "
                            "call it outside that block (or inside torch.enable_grad())")
-    with _eval_mode(modules), _capture_outputs(layers) as records, torch.no_grad():
-        logits = model(x)                 # gradients are on only after the first layer
+    logits, records = _recorded_forward(model, modules, layers, x)
     acts = [_single_output(r, l) for r, l in zip(records, layers)]
     for act, l in zip(acts, layers):
         _check_spatial(act, l)
