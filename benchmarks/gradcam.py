@@ -85,7 +85,7 @@ def default_model():
 
 
 def build_case(model_name: str, layer_name: str, batch: int):
-    """The model, layer, input batch and targets of one row; the same in every process."""
+    """The model, layer, input batch and targets of one row, shared by every method."""
     torch.manual_seed(0)
     if model_name == "default":
         from course_utils.data import DEFAULT_SIZE

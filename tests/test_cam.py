@@ -197,11 +197,13 @@ def test_gradcam_builds_no_graph_before_the_layer_and_restores_grad_mode():
     assert torch.is_grad_enabled()
 
 
-def test_grad_mode_and_hooks_are_restored_when_the_model_raises():
+def test_grad_mode_modes_and_hooks_are_restored_when_the_model_raises():
     model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.Flatten(), nn.Linear(5, 2))   # wrong Linear size
+    assert model.training
     with pytest.raises(RuntimeError):
         gradcam(model, torch.randn(1, 3, 4, 4), model[0], 0)
     assert torch.is_grad_enabled() and n_hooks(model) == 0
+    assert all(m.training for m in model.modules())
 
 
 class SideBranch(nn.Module):
