@@ -276,7 +276,7 @@ def main() -> None:
     parser.add_argument("--overhead", action="store_true", help="only the fixed cost per call")
     parser.add_argument("--rounds", type=int, help="rounds per row (default 21, or 5 with --quick)")
     args = parser.parse_args()
-    rounds = args.rounds or (5 if args.quick else 21)
+    rounds = args.rounds if args.rounds is not None else (5 if args.quick else 21)
     if rounds < 1:
         parser.error("--rounds must be at least 1")
     overhead(rounds) if args.overhead else table(args.quick, rounds)
