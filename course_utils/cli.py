@@ -1,6 +1,7 @@
-"""Command line: `python -m course_utils demo` builds the data and model and draws Grad-CAM.
+"""The `course` command: `course demo` draws Grad-CAM; `course grade` and `course export` grade.
 
-Thin by design: parse, validate, call the library, turn its errors into an exit code.
+Thin by design: parse, validate, call the library, turn its errors into an exit code. Installed
+as the `course` console script; `python -m course_utils` is the same command.
 """
 from __future__ import annotations
 
@@ -54,18 +55,26 @@ def demo(out: Path, online: bool | None = None, index: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_utils", description=__doc__.splitlines()[0])
+    """Run the `course` command line; returns the exit code."""
+    from .autograde.cli import add_commands
+    parser = argparse.ArgumentParser(prog="course", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="build data and model (offline default), save a Grad-CAM figure")
     p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for gradcam.png")
     p.add_argument("--online", action="store_true",
                    help="real PETS + pretrained resnet34 (needs internet; default: offline SynthPets)")
     p.add_argument("--index", type=int, default=0, help="which validation image to explain")
+    p.set_defaults(run=_demo)
+    add_commands(sub)
     args = parser.parse_args(argv)
     try:
-        path = demo(args.out, online=args.online or None, index=args.index)
+        return args.run(args)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    path = demo(args.out, online=args.online or None, index=args.index)
     print(f"wrote {path}")
     return 0

@@ -1,0 +1,80 @@
+"""`course grade` and `course export`: parse, validate, call the library, map errors to exit codes."""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+EXIT_USAGE, EXIT_SANDBOX, EXIT_INTERRUPTED = 2, 3, 130
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the grading verbs on the `course` command's sub-parsers."""
+    p = sub.add_parser("grade", help="grade every submission of an assignment (sandboxed, parallel, resumable)",
+                       description="Grade submitted/<student>/<ASSIGNMENT>/*.ipynb into nbgrader's gradebook.")
+    p.add_argument("assignment", help="assignment name, e.g. 05_gradcam")
+    p.add_argument("--course", type=Path, default=Path("."), help="nbgrader course directory (default: here)")
+    p.add_argument("--workers", type=int, default=None, help="parallel sandboxed workers (default: CPU cores)")
+    p.add_argument("--force", action="store_true", help="regrade submissions that are already graded")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler instead of local workers")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="run student code unconfined (only where isolation is impossible and you trust the code)")
+    p.add_argument("--cell-timeout", type=float, default=60.0, help="seconds per cell (default 60)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per notebook (default 600)")
+    p.add_argument("--memory", type=int, default=4096, help="MB of memory per notebook run (default 4096)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_grade)
+    p = sub.add_parser("export", help="write one CSV row per student for an assignment",
+                       description="Columns: student_id, assignment, score, max_score, status, reasons.")
+    p.add_argument("assignment", help="assignment name, e.g. 05_gradcam")
+    p.add_argument("--course", type=Path, default=Path("."), help="nbgrader course directory (default: here)")
+    p.add_argument("--to", type=Path, required=True, metavar="FILE.csv", help="where to write the CSV")
+    p.set_defaults(run=_export)
+
+
+def _grade(args: argparse.Namespace) -> int:
+    import warnings
+    from . import Limits, SandboxUnavailable, grade
+    warnings.filterwarnings("ignore", module="nbgrader")       # SQLAlchemy notes from inside nbgrader's API
+    warnings.filterwarnings("ignore", message=".*not in session.*")
+    if args.cell_timeout <= 0 or args.timeout <= 0 or args.memory < 256:
+        print("error: --cell-timeout and --timeout must be positive and --memory at least 256 (MB)", file=sys.stderr)
+        return EXIT_USAGE
+    limits = Limits(cell_seconds=args.cell_timeout, notebook_seconds=args.timeout,
+                    memory_bytes=args.memory << 20, cpu_seconds=int(args.timeout * 1.5) + 30)
+    try:
+        report = grade(args.assignment, args.course, workers=args.workers, force=args.force,
+                       scheduler=args.scheduler, isolate=not args.no_sandbox, limits=limits,
+                       progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    except SandboxUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_SANDBOX
+    except KeyboardInterrupt:
+        print("interrupted: what was graded is saved; run the same command again to grade the rest",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(_summary(report))
+    return 0
+
+
+def _summary(report) -> str:
+    lines = [f"{report.assignment}: {len(report.results)} graded now, {len(report.skipped)} already graded "
+             f"(unchanged), in {report.seconds:.1f} s"]
+    for r in sorted(report.results, key=lambda r: r.student_id):
+        lines.append(f"  {r.student_id:<20} {r.score:g}/{r.max_score:g}  {r.status}"
+                     + (f"  ({'; '.join(r.reasons)})" if r.reasons else ""))
+    return "\n".join(lines)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .gradebook import EXPORT_COLUMNS, Course, export_rows
+    rows = export_rows(Course.open(args.course), args.assignment)
+    if args.to.parent and not args.to.parent.exists():
+        args.to.parent.mkdir(parents=True)
+    with open(args.to, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=EXPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} rows to {args.to}")
+    return 0

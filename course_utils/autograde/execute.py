@@ -1,0 +1,286 @@
+"""Run one notebook's code cells in a sandboxed child forked from an already-importing worker.
+
+The worker has imported torch, fastai and course_utils once (and run no torch operation, so the
+fork is safe); each notebook gets a fresh fork, confined by `sandbox.confine`, that runs the cells
+in an IPython shell (execnb's `CaptureShell`) and streams every cell's outputs back through a pipe
+as soon as the cell ends. A cell that times out, or a child that dies (`os._exit`, a kill, the
+memory or CPU limit), costs only that cell: the notebook is run again in a new child with that cell
+replaced by an error, and every cell it did not reach is marked as not run when time is up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import select
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .sandbox import Limits, Policy, confine, sandbox_uid
+
+MAX_ATTEMPTS = 4                    # a notebook is re-run at most this often after a lost cell
+REPORT_GRACE = 10.0                 # seconds the child may take beyond a cell's limit to report it
+_HEADER = struct.Struct("!Q")
+
+
+# ----------------------------------------------------------------------------- framing
+def send(fd: int, message: dict) -> None:
+    """Write one length-prefixed JSON message to a file descriptor."""
+    data = json.dumps(message).encode()
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def receive(fd: int, deadline: float, max_bytes: int) -> dict | None:
+    """Read one message; None at end of stream. Raises TimeoutError or ValueError (malformed)."""
+    header = _read_exactly(fd, _HEADER.size, deadline)
+    if header is None:
+        return None
+    (size,) = _HEADER.unpack(header)
+    if size > max_bytes:
+        raise ValueError(f"a message of {size} bytes is larger than the {max_bytes} allowed")
+    body = _read_exactly(fd, size, deadline)
+    if body is None:
+        raise ValueError("the stream ended inside a message")
+    message = json.loads(body)
+    if not isinstance(message, dict):
+        raise ValueError("a message is not a JSON object")
+    return message
+
+
+def _read_exactly(fd: int, n: int, deadline: float) -> bytes | None:
+    chunks, got = [], 0
+    while got < n:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise TimeoutError("no message before the deadline")
+        chunk = os.read(fd, min(n - got, 1 << 20))
+        if not chunk:
+            if got:
+                raise ValueError("the stream ended inside a message")
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+# ----------------------------------------------------------------------------- results
+@dataclasses.dataclass
+class NotebookRun:
+    """Outputs of every code cell (by index in the notebook) and what happened on the way."""
+    outputs: dict[int, list] = dataclasses.field(default_factory=dict)
+    seconds: dict[int, float] = dataclasses.field(default_factory=dict)
+    events: list[str] = dataclasses.field(default_factory=list)   # plain-language reasons
+    attempts: int = 0
+    wall_seconds: float = 0.0
+    max_rss_bytes: int = 0
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "outputs": {str(k): v for k, v in self.outputs.items()},
+                "seconds": {str(k): v for k, v in self.seconds.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "NotebookRun":
+        return cls(outputs={int(k): v for k, v in data["outputs"].items()},
+                   seconds={int(k): float(v) for k, v in data["seconds"].items()},
+                   events=[str(e) for e in data["events"]], attempts=int(data["attempts"]),
+                   wall_seconds=float(data["wall_seconds"]), max_rss_bytes=int(data["max_rss_bytes"]))
+
+
+def error_output(ename: str, message: str) -> dict:
+    """An nbformat error output (nbgrader scores a test cell with one as 0)."""
+    return {"output_type": "error", "ename": ename, "evalue": message, "traceback": [f"{ename}: {message}"]}
+
+
+def cap_outputs(outputs: list, max_bytes: int) -> list:
+    """Keep a cell's outputs within max_bytes; what is cut is said in a final stream of the same kind."""
+    kept, used, dropped = [], 0, 0
+    for out in outputs:
+        size = len(json.dumps(out))
+        if used + size <= max_bytes:
+            kept.append(out)
+            used += size
+        elif out.get("output_type") == "stream" and used < max_bytes:
+            text = "".join(out.get("text", []))[: max_bytes - used]
+            kept.append({**out, "text": [text]})
+            used, dropped = max_bytes, dropped + size - len(text)
+        else:
+            dropped += size
+            if out.get("output_type") == "error":      # an error must survive the cut: it decides the score
+                kept.append(error_output(str(out.get("ename"))[:200], str(out.get("evalue"))[:2000]))
+    if dropped:
+        kept.append({"output_type": "stream", "name": "stdout",
+                     "text": [f"\n[grader: {dropped:,} bytes of output were cut; the limit is {max_bytes:,} per cell]\n"]})
+    return kept
+
+
+# ----------------------------------------------------------------------------- the child
+def _child(cells: list[tuple[int, str]], skipped: dict[int, str], policy: Policy, fd: int, threads: int) -> None:
+    """Runs in the forked child: confine, then run the cells, reporting each one."""
+    from course_utils.data import cache_dir
+    cache = str(cache_dir())                                   # before HOME moves
+    null = os.open(os.devnull, os.O_RDWR)
+    for std in (0, 1, 2):                                      # fd-level noise goes nowhere
+        os.dup2(null, std)
+    confine(policy)
+    os.chdir(policy.workdir)
+    os.environ.update(COURSE_CACHE=cache, HOME=policy.workdir, TMPDIR=policy.workdir,
+                      IPYTHONDIR=os.path.join(policy.workdir, ".ipython"), MPLCONFIGDIR=policy.workdir,
+                      PYTHONDONTWRITEBYTECODE="1", NBGRADER_EXECUTION="autograde")
+    tempfile.tempdir = policy.workdir
+    import torch
+    torch.set_num_threads(threads)
+    from execnb.shell import CaptureShell
+    shell = CaptureShell(path=policy.workdir, mpl_format="png")
+    limit = policy.limits.cell_seconds
+    for index, source in cells:
+        send(fd, {"start": index})
+        start = time.monotonic()
+        if index in skipped:
+            outputs = [error_output("CellNotRun", skipped[index])]
+        else:
+            outputs = shell.run(source, timeout=limit, grace=0.1)
+            timed_out = (type(shell.exc) is TimeoutError and str(shell.exc).startswith("Timed out after")
+                         and time.monotonic() - start >= limit)
+            if timed_out:                                      # its thread cannot be stopped: end the child
+                send(fd, {"timeout": index})
+                os._exit(0)
+        outputs = cap_outputs([dict(o) for o in outputs], policy.limits.output_bytes)
+        send(fd, {"done": index, "outputs": outputs, "seconds": time.monotonic() - start})
+    send(fd, {"finished": True})
+
+
+# ----------------------------------------------------------------------------- the worker's side
+def run_notebook(cells: list[tuple[int, str]], readable: tuple[str, ...], limits: Limits,
+                 scratch: str, threads: int = 1, isolate: bool = True) -> NotebookRun:
+    """Run the code cells (index, source) in sandboxed children until all are accounted for."""
+    run, skipped = NotebookRun(), {}
+    start = time.monotonic()
+    deadline = start + limits.notebook_seconds
+    while True:
+        run.attempts += 1
+        lost = _attempt(cells, skipped, readable, limits, scratch, threads, isolate, deadline, run)
+        if lost is None:
+            break
+        index, why = lost
+        run.events.append(why)
+        if index is None or run.attempts >= MAX_ATTEMPTS or time.monotonic() >= deadline:
+            for i, _ in cells:
+                if i not in run.outputs:
+                    run.outputs[i] = [error_output("CellNotRun", f"not run: {why}")]
+            break
+        skipped[index] = why + "; the notebook was run again without this cell"
+    run.wall_seconds = time.monotonic() - start
+    return run
+
+
+def _attempt(cells, skipped, readable, limits, scratch, threads, isolate, deadline, run):
+    """One child. Returns None when every cell reported, else (index of the lost cell or None, why)."""
+    workdir = tempfile.mkdtemp(prefix="run-", dir=scratch)
+    policy = Policy(workdir=workdir, readable=readable, limits=limits, isolate=isolate)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            _child(cells, skipped, policy, w, threads)
+        finally:
+            os._exit(0)
+    os.close(w)
+    running, lost, finished = None, None, False
+    max_message = 4 * limits.output_bytes + (1 << 16)
+    try:
+        while True:
+            wait_until = min(deadline, time.monotonic() + limits.cell_seconds + REPORT_GRACE)
+            try:
+                message = receive(r, wait_until, max_message)
+            except TimeoutError:
+                over = time.monotonic() >= deadline
+                lost = (None if over else running,
+                        f"the notebook ran past its {limits.notebook_seconds:.0f} s limit" if over else
+                        f"cell {_label(running)} ran for more than {limits.cell_seconds:.0f} s and could not be stopped")
+                break
+            except ValueError as e:
+                lost = (running, f"cell {_label(running)} broke the grader's channel ({e})")
+                break
+            if message is None:
+                break
+            if "start" in message:
+                running = _expect_index(message["start"], cells)
+            elif "done" in message and message["done"] == running:
+                run.outputs[running] = list(message.get("outputs") or [])
+                run.seconds[running] = float(message.get("seconds", 0.0))
+            elif "timeout" in message and message["timeout"] == running:
+                lost = (running, f"cell {_label(running)} ran for more than {limits.cell_seconds:.0f} s")
+                break
+            elif message.get("finished"):
+                finished = True
+                break
+            else:
+                lost = (running, f"cell {_label(running)} sent the grader a message out of order")
+                break
+    finally:
+        os.close(r)
+        status, maxrss = _reap(pid)
+        run.max_rss_bytes = max(run.max_rss_bytes, maxrss)
+        shutil.rmtree(workdir, ignore_errors=True)
+    if lost is None and not finished:
+        lost = (running, f"cell {_label(running)} ended the Python process ({_describe(status, limits)})")
+    return lost
+
+
+def _expect_index(value, cells) -> int:
+    if type(value) is not int or value not in {i for i, _ in cells}:
+        raise ValueError("unknown cell")
+    return value
+
+
+def _label(index) -> str:
+    return "?" if index is None else f"#{index}"
+
+
+def _reap(pid: int) -> tuple[int, int]:
+    """Kill the child's whole process group and its sandbox uid's processes; return status, peak RSS."""
+    for target in (pid, -pid):
+        try:
+            os.kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    _, status, usage = os.wait4(pid, 0)
+    _kill_uid(sandbox_uid(pid))
+    return status, int(usage.ru_maxrss) * 1024
+
+
+def _kill_uid(uid: int) -> None:
+    """Kill every process that runs as the sandbox's private uid (escaped grandchildren)."""
+    if os.geteuid() != 0:
+        return
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+
+
+def _describe(status: int, limits: Limits) -> str:
+    """Why a child ended, in words."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return f"CPU time limit of {limits.cpu_seconds} s"
+        if sig == signal.SIGKILL:
+            return "killed (memory, CPU or process limit)"
+        return f"killed by signal {signal.Signals(sig).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run course_utils.autograde.worker instead")

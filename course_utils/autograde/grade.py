@@ -1,0 +1,274 @@
+"""Grade every submission of an assignment: assemble, scan, run sandboxed in parallel, score, commit.
+
+`grade()` is what `course grade` calls. Each finished submission is committed to the gradebook at
+once, so an interrupted run, started again, grades only what is left (`force=True` regrades all).
+Work runs on a local pool of `Worker` processes, or on a Dask cluster (`scheduler=ADDRESS`); the
+gradebook is written by this process alone, whichever runs the notebooks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .assemble import Assembled, UnreadableNotebook, assemble, find_notebooks, read_submission
+from .execute import NotebookRun
+from .gradebook import (Course, ensure_assignment, fingerprint, instructor_cells, is_done, record,
+                        release_notebook)
+from .sandbox import Limits, support
+from .scan import scan_cells
+from .score import executed, score_cells
+from .worker import Job, Worker, WorkerDied
+
+
+class SandboxUnavailable(RuntimeError):
+    """This machine cannot isolate student code; the message lists what is missing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One student's outcome, as committed to the gradebook."""
+    student_id: str
+    status: str
+    score: float
+    max_score: float
+    reasons: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class Report:
+    """What one `grade()` call did, for the command line, the tests and the benchmark."""
+    assignment: str
+    results: list[Result] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)     # already graded, unchanged
+    seconds: float = 0.0
+    workers: int = 0
+    cell_seconds: float = 0.0            # time spent inside notebook cells, summed over notebooks
+    notebooks: int = 0
+    peak_worker_rss_bytes: int = 0       # largest worker process (imports included)
+    peak_run_rss_bytes: int = 0          # largest single notebook run (its forked child)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    student: str
+    print_: str
+    assembled: dict[str, Assembled]
+    reasons: list[str]
+    flags: list[str]
+    unreadable: list[str]
+
+
+def _prepare(course: Course, assignment: str, student: str, folder: Path, names: list[str],
+             releases: dict, instructors: dict) -> _Prepared:
+    """Read, match and re-assemble one submission's notebooks, and scan the student's code."""
+    found, notes = find_notebooks(folder, names) if folder.is_dir() else ({}, [])
+    prepared = _Prepared(student, fingerprint(folder), {}, list(notes), [], [])
+    for name in names:
+        if name not in found:
+            prepared.reasons.append(f"no notebook {name}.ipynb was handed in")
+            continue
+        try:
+            nb = read_submission(found[name])
+        except UnreadableNotebook as e:
+            prepared.unreadable.append(name)
+            prepared.reasons.append(str(e))
+            continue
+        a = assemble(nb, releases[name], instructors[name])
+        prepared.assembled[name] = a
+        prepared.reasons.extend(a.repairs)
+        cells = {_label(a, i): a.notebook.cells[i].source for i in a.student_cells}
+        prepared.flags.extend(scan_cells(cells))
+    return prepared
+
+
+def _label(a: Assembled, index: int) -> str:
+    meta = a.notebook.cells[index].metadata.get("nbgrader", {})
+    return meta.get("grade_id") or f"#{index + 1}"
+
+
+def _job(p: _Prepared, course: Course, limits: Limits, threads: int, isolate: bool) -> Job:
+    notebooks = {name: [(i, c.source) for i, c in enumerate(a.notebook.cells) if c.cell_type == "code"]
+                 for name, a in p.assembled.items()}
+    return Job(key=p.student, notebooks=notebooks, course_dir=str(course.root), limits=limits,
+               threads=threads, isolate=isolate)
+
+
+def _commit(course: Course, assignment: str, names: list[str], p: _Prepared,
+            runs: dict[str, NotebookRun] | None, failure: str | None) -> Result:
+    """Score the runs and write the student's result (the only place results are written)."""
+    reasons = list(p.reasons)
+    notebooks: dict = {name: None for name in names}
+    cells: dict = {}
+    if failure:
+        reasons.append(failure)
+    for name, run in (runs or {}).items():
+        nb = executed(p.assembled[name].notebook, run)
+        notebooks[name] = nb
+        reasons.extend(run.events)
+        for c in score_cells(nb):
+            cells[c.grade_id] = [c.score, c.max_score, c.reason]
+    if failure or (not p.assembled and p.unreadable):
+        status = "failed"
+    elif not p.assembled:
+        status = "missing"
+    elif p.flags:
+        status = "flagged"
+        reasons.extend(f"flagged for review: {f}" for f in p.flags)
+    else:
+        status = "graded"
+    record(course, assignment, p.student, notebooks, status, reasons, p.print_, cells)
+    from .gradebook import submission_score
+    score, max_score = submission_score(course, assignment, p.student)
+    return Result(p.student, status, score, max_score, tuple(reasons))
+
+
+def ensure_default_model(log: Callable[[str], None] = print) -> None:
+    """Train the course's default model once, outside the sandbox, if no notebook could load it."""
+    code = ("from course_utils.model import get_learner, model_cache_file, train_config;"
+            "import sys; f = model_cache_file(train_config());"
+            "sys.exit(0) if f.exists() else (print('training the default model once (about 40 s)', flush=True),"
+            " get_learner(online=False))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                                    os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True)
+    if done.stdout.strip():
+        log(done.stdout.strip())
+    if done.returncode:
+        raise RuntimeError(f"could not prepare the default model:\n{done.stderr[-2000:]}")
+
+
+def grade(assignment: str, course_dir: str | os.PathLike = ".", *, workers: int | None = None,
+          force: bool = False, scheduler: str | None = None, isolate: bool = True,
+          limits: Limits = Limits(), progress: bool = True, log: Callable[[str], None] = print) -> Report:
+    """Grade every submission of `assignment` in `course_dir`; see the module docstring."""
+    if not assignment or "/" in assignment or assignment.startswith("."):
+        raise ValueError(f"'{assignment}' is not an assignment name (a folder name in source/, e.g. 05_gradcam)")
+    if workers is not None and workers < 1:
+        raise ValueError("--workers must be at least 1")
+    if isolate and (missing := support()):
+        raise SandboxUnavailable("cannot isolate student notebooks on this machine; missing: " + "; ".join(missing)
+                                 + ". Fix that, or pass --no-sandbox to run untrusted code unconfined.")
+    start = time.monotonic()
+    course = Course.open(course_dir)
+    names = ensure_assignment(course, assignment)
+    releases = {n: release_notebook(course, assignment, n) for n in names}
+    instructors = {n: instructor_cells(course, assignment, n) for n in names}
+    ensure_default_model(log)
+    report = Report(assignment)
+    todo: list[_Prepared] = []
+    for student, folder in course.submissions(assignment).items():
+        print_ = fingerprint(folder)
+        if not force and is_done(course, assignment, student, print_):
+            report.skipped.append(student)
+            continue
+        todo.append(_prepare(course, assignment, student, folder, names, releases, instructors))
+    n_workers = workers or os.cpu_count() or 1
+    threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // n_workers)
+    runnable = [p for p in todo if p.assembled]
+    bar = _progress(len(todo), progress, assignment)
+    try:
+        for p in todo:
+            if not p.assembled:                      # nothing to run: missing or unreadable
+                report.results.append(_commit(course, assignment, names, p, None, None))
+                bar.update(report)
+        jobs = [_job(p, course, limits, threads, isolate) for p in runnable]
+        by_key = {p.student: p for p in runnable}
+        run_all = _run_dask(scheduler) if scheduler else _run_local(n_workers, threads)
+        report.workers = 1 if scheduler else min(n_workers, max(1, len(jobs)))
+        for key, runs, failure, rss in run_all(jobs):
+            report.peak_worker_rss_bytes = max(report.peak_worker_rss_bytes, rss)
+            for run in (runs or {}).values():
+                report.cell_seconds += sum(run.seconds.values())
+                report.notebooks += 1
+                report.peak_run_rss_bytes = max(report.peak_run_rss_bytes, run.max_rss_bytes)
+            report.results.append(_commit(course, assignment, names, by_key[key], runs, failure))
+            bar.update(report)
+    finally:
+        bar.close()
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def _run_local(n_workers: int, threads: int):
+    """Run jobs on n local worker processes; yields (key, runs, failure, worker rss) as they finish."""
+    def run_all(jobs: list[Job]) -> Iterator:
+        if not jobs:
+            return
+        todo: queue.Queue = queue.Queue()
+        for job in jobs:
+            todo.put(job)
+        done: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def serve() -> None:
+            with Worker(threads=threads) as worker:
+                while not stop.is_set():
+                    try:
+                        job = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    try:
+                        done.put((job.key, worker.run(job), None, worker.peak_rss_bytes))
+                    except WorkerDied as e:
+                        done.put((job.key, None, str(e), worker.peak_rss_bytes))
+                    except BaseException as e:  # never lose a job silently
+                        done.put((job.key, None, f"the grader failed on this submission: {e!r}", 0))
+
+        pool = [threading.Thread(target=serve, daemon=True) for _ in range(min(n_workers, len(jobs)))]
+        for t in pool:
+            t.start()
+        try:
+            for _ in jobs:
+                yield done.get()
+        finally:
+            stop.set()
+            for t in pool:
+                t.join(timeout=1)
+    return run_all
+
+
+def _run_dask(address: str):
+    """Run jobs as Dask tasks on the cluster at `address`; the gradebook stays with this process."""
+    def run_all(jobs: list[Job]) -> Iterator:
+        from distributed import Client, as_completed
+        from .worker import run_on_this_machine
+        with Client(address, timeout=30) as client:
+            futures = {client.submit(run_on_this_machine, job.to_json(), pure=False,
+                                     key=f"course-grade-{job.key}-{time.time_ns()}"): job.key for job in jobs}
+            for future in as_completed(futures):
+                key = futures[future]
+                try:
+                    answer = future.result()
+                    runs = {k: NotebookRun.from_json(v) for k, v in answer["notebooks"].items()}
+                    yield key, runs, None, int(answer.get("peak_rss_bytes", 0))
+                except Exception as e:
+                    yield key, None, f"the Dask worker failed on this submission: {e}", 0
+    return run_all
+
+
+class _progress:
+    """A tqdm bar: done / flagged / failed / left (silent when progress=False)."""
+
+    def __init__(self, total: int, show: bool, assignment: str):
+        from tqdm.auto import tqdm
+        self.total = total
+        self.bar = tqdm(total=total, desc=f"grading {assignment}", unit="student", disable=not show,
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, report: Report) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(done=len(report.results), flagged=report.count("flagged"),
+                             failed=report.count("failed"), left=self.total - len(report.results))
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,178 @@
+"""A grading worker: one long-lived process that imports torch, fastai and course_utils once, then
+runs each notebook it is sent in a fresh sandboxed fork (`execute.run_notebook`).
+
+`Worker` is the handle the grader holds (locally, one per `--workers`; on Dask, one per Dask
+worker process, see `run_on_this_machine`). Requests and answers are length-prefixed JSON on the
+worker's stdin and stdout; everything else the worker prints goes to its stderr.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .execute import NotebookRun, receive, run_notebook, send
+from .sandbox import Limits
+
+_WARM_MODULES = ("fastai.vision.all", "fastai.text.all", "course_utils", "course_utils.cam", "course_utils.grading",
+                 "course_utils.model", "course_utils.data", "course_utils.viz", "course_utils.text",
+                 "execnb.shell", "matplotlib_inline.backend_inline", "torchvision")
+MAX_ANSWER_BYTES = 1 << 30
+
+
+class WorkerDied(RuntimeError):
+    """The worker process ended or stopped answering; the job it had was not graded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One submission's notebooks to run: name -> [(cell index, source)], plus how to run them."""
+    key: str
+    notebooks: dict[str, list[tuple[int, str]]]
+    course_dir: str
+    limits: Limits = Limits()
+    threads: int = 1
+    isolate: bool = True
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "limits": dataclasses.asdict(self.limits)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Job":
+        return cls(key=data["key"], course_dir=data["course_dir"], threads=int(data["threads"]),
+                   isolate=bool(data["isolate"]), limits=Limits(**data["limits"]),
+                   notebooks={k: [(int(i), str(s)) for i, s in v] for k, v in data["notebooks"].items()})
+
+    def budget(self) -> float:
+        """Seconds after which the worker itself is presumed stuck."""
+        return len(self.notebooks) * (self.limits.notebook_seconds + 60) + 60
+
+
+def _warm_up() -> None:
+    """Import everything a lesson needs, without running any torch operation (fork safety)."""
+    import importlib
+    import warnings
+    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
+    import matplotlib
+    matplotlib.use("Agg")
+    for name in _WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+def serve(inp: int, out: int) -> None:
+    """The worker's loop: read a job, run its notebooks, answer; stop at end of input."""
+    from .sandbox import readable_paths
+    scratch = tempfile.mkdtemp(prefix="course-grade-")
+    os.chmod(scratch, 0o711)          # sandbox uids may enter their own folder, not list the others
+    readable: dict[str, tuple[str, ...]] = {}
+    while True:
+        request = receive(inp, time.monotonic() + 10 ** 9, MAX_ANSWER_BYTES)
+        if request is None:
+            return
+        job = Job.from_json(request)
+        if job.course_dir not in readable:
+            readable[job.course_dir] = readable_paths(job.course_dir)
+        runs = {name: run_notebook(cells, readable[job.course_dir], job.limits, scratch, job.threads,
+                                   job.isolate).to_json()
+                for name, cells in job.notebooks.items()}
+        send(out, {"key": job.key, "notebooks": runs, "worker_rss_bytes": _rss()})
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> None:
+    """Entry point of the worker process (`python -m course_utils.autograde.worker`)."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)        # PR_SET_PDEATHSIG: die with the grader
+    answer = os.dup(1)
+    os.dup2(2, 1)                                  # stray prints must not corrupt the answers
+    _warm_up()
+    send(answer, {"ready": True})
+    serve(0, answer)
+
+
+class Worker:
+    """Handle on one worker process: `run(job)` sends it a submission and returns the runs."""
+
+    def __init__(self, threads: int = 1, log: Path | None = None):
+        self.threads = threads
+        self._log = log
+        self._proc: subprocess.Popen | None = None
+        self.peak_rss_bytes = 0
+
+    def _start(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                           os.environ.get("PYTHONPATH")]))}
+        err = open(self._log, "ab") if self._log else subprocess.DEVNULL
+        self._proc = subprocess.Popen([sys.executable, "-m", "course_utils.autograde.worker"], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        if self._log:
+            err.close()
+        ready = receive(self._proc.stdout.fileno(), time.monotonic() + 300, 1 << 16)
+        if not ready or not ready.get("ready"):
+            self.close()
+            raise WorkerDied("the grading worker did not start (see its log)")
+
+    def run(self, job: Job) -> dict[str, NotebookRun]:
+        """Run one job; raises WorkerDied (and restarts on the next call) if the worker fails."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+        try:
+            send(self._proc.stdin.fileno(), job.to_json())
+            answer = receive(self._proc.stdout.fileno(), time.monotonic() + job.budget(), MAX_ANSWER_BYTES)
+        except (OSError, TimeoutError, ValueError) as e:
+            self.close()
+            raise WorkerDied(f"the grading worker failed on this submission: {e}") from e
+        if answer is None or answer.get("key") != job.key:
+            self.close()
+            raise WorkerDied("the grading worker ended before answering")
+        self.peak_rss_bytes = max(self.peak_rss_bytes, int(answer.get("worker_rss_bytes", 0)))
+        return {name: NotebookRun.from_json(run) for name, run in answer["notebooks"].items()}
+
+    def close(self) -> None:
+        """Stop the worker process (idempotent)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.stdin.close()
+                proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_local: dict[int, Worker] = {}
+_local_lock = threading.Lock()
+
+
+def run_on_this_machine(job_json: dict) -> dict:
+    """A Dask task: run the job on this machine's worker process (started on first use)."""
+    job = Job.from_json(job_json)
+    with _local_lock:
+        worker = _local.setdefault(job.threads, Worker(threads=job.threads))
+        runs = worker.run(job)
+        return {"notebooks": {k: v.to_json() for k, v in runs.items()}, "peak_rss_bytes": worker.peak_rss_bytes}
+
+
+if __name__ == "__main__":
+    main()
