@@ -7,9 +7,6 @@ solutions with exactly one exercise broken. Autograde executes every notebook in
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,13 +15,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
+from classroom import ONE_WRONG as BROKEN  # noqa: E402
 from release import lessons, release  # noqa: E402
 
 LESSONS = lessons()
 EXPECTED = ["01_setup", "02_forward_hooks", "03_context_managers", "04_cam", "05_gradcam",
             "06_inner_layers", "07_keepdim", "08_any_model", "09_questionnaire", "10_nlp"]
-# Which exercise `onewrong` breaks, and how (lesson -> solution cell id, replacement source).
-BROKEN = ("01_setup", "is_cat", "def is_cat(name):\n    return name[0].islower()")
 
 
 def nbgrader_meta(cell) -> dict:
@@ -92,56 +88,7 @@ def test_no_cuda_anywhere():
 
 
 # ----------------------------------------------------------------------------- the nbgrader round trip
-def run_nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ,  # nbgrader runs `alembic` from the environment's bin folder
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"], cwd=course,
-                          env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
-
-
-def break_one_exercise(path: Path) -> None:
-    nb = read(path)
-    lesson, grade_id, wrong = BROKEN
-    cell, = [c for c in nb.cells if nbgrader_meta(c).get("grade_id") == grade_id]
-    cell.source = wrong
-    nbformat.write(nb, path)
-
-
-@pytest.fixture(scope="session")
-def graded(tmp_path_factory, learn):
-    """Grade the three submissions of every lesson; return {(student, lesson): {grade_id: (score, max)}}."""
-    course = tmp_path_factory.mktemp("course")
-    shutil.copytree(ROOT / "solutions", course / "source")
-    (course / "nbgrader_config.py").write_text(
-        (ROOT / "nbgrader_config.py").read_text()
-        + '\nc.CourseDirectory.source_directory = "source"\nc.CourseDirectory.release_directory = "release"\n')
-    for lesson in LESSONS:
-        run_nbgrader(course, "generate_assignment", lesson, "--force")
-    for lesson in LESSONS:
-        for student, origin in (("solver", course / "source"), ("blank", course / "release")):
-            dest = course / "submitted" / student / lesson
-            shutil.copytree(origin / lesson, dest)
-    dest = course / "submitted" / "onewrong" / BROKEN[0]
-    shutil.copytree(course / "source" / BROKEN[0], dest)
-    break_one_exercise(notebook_of(course / "submitted" / "onewrong", BROKEN[0]))
-    for lesson in LESSONS:
-        run_nbgrader(course, "autograde", lesson, "--create", "--force")
-    return course, collect_scores(course)
-
-
-def collect_scores(course: Path) -> dict:
-    from nbgrader.api import Gradebook
-    scores = {}
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        for assignment in gb.assignments:
-            for sub in assignment.submissions:
-                for nb in sub.notebooks:
-                    scores[(sub.student.id, assignment.name)] = {
-                        g.name: (g.score, g.max_score) for g in nb.grades if g.auto_score is not None}
-    return scores
+# The `graded` fixture (conftest.py) grades solver / blank / onewrong with real `nbgrader autograde`.
 
 
 @pytest.mark.parametrize("lesson", LESSONS)

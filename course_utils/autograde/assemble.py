@@ -65,6 +65,9 @@ def _meta(cell) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+SIMILAR = 0.5        # a changed test or locked cell still counts as that cell above this similarity
+
+
 def _key(cell) -> tuple[str, str]:
     return cell.cell_type, cell.source.strip()
 
@@ -88,18 +91,29 @@ def match_cells(release: list, student: list) -> dict[int, int]:
     for tag, r0, r1, s0, s1 in ops:
         if tag == "equal":
             matched.update({rest_r[r0 + k]: rest_s[s0 + k] for k in range(r1 - r0)})
-        elif tag == "replace":      # a stub replaced by an answer: pair answer cells of the same type in order
-            free = list(range(s0, s1))
-            for r in range(r0, r1):
-                cell = release[rest_r[r]]
-                if not _meta(cell).get("solution"):
-                    continue
-                for k in free:
-                    if student[rest_s[k]].cell_type == cell.cell_type:
-                        matched[rest_r[r]] = rest_s[k]
-                        free.remove(k)
-                        break
+        elif tag == "replace":
+            _pair_changed(release, student, rest_r[r0:r1], rest_s[s0:s1], matched)
     return matched
+
+
+def _pair_changed(release: list, student: list, rs: list[int], ss: list[int], matched: dict[int, int]) -> None:
+    """Inside a stretch that differs: given cells (tests, locked, prose) go to their most similar
+    student cell, then answer cells take the remaining cells of their type in order."""
+    free = list(ss)
+    for i in rs:
+        if _meta(release[i]).get("solution"):
+            continue
+        scored = [(difflib.SequenceMatcher(None, release[i].source, student[j].source, autojunk=False).ratio(), j)
+                  for j in free if student[j].cell_type == release[i].cell_type]
+        if scored and max(scored)[0] >= SIMILAR:
+            matched[i] = max(scored)[1]
+            free.remove(matched[i])
+    for i in rs:
+        if _meta(release[i]).get("solution"):
+            same = [j for j in free if student[j].cell_type == release[i].cell_type]
+            if same:
+                matched[i] = same[0]
+                free.remove(same[0])
 
 
 def assemble(submitted: NotebookNode, release: NotebookNode, instructor: dict[str, InstructorCell]) -> Assembled:

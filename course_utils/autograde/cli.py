@@ -11,9 +11,11 @@ EXIT_USAGE, EXIT_SANDBOX, EXIT_INTERRUPTED = 2, 3, 130
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the grading verbs on the `course` command's sub-parsers."""
-    p = sub.add_parser("grade", help="grade every submission of an assignment (sandboxed, parallel, resumable)",
-                       description="Grade submitted/<student>/<ASSIGNMENT>/*.ipynb into nbgrader's gradebook.")
-    p.add_argument("assignment", help="assignment name, e.g. 05_gradcam")
+    p = sub.add_parser("grade", help="grade every submission of assignments (sandboxed, parallel, resumable)",
+                       description="Grade submitted/<student>/<ASSIGNMENT>/*.ipynb into nbgrader's gradebook. "
+                                   "Several assignments share one pool of workers.")
+    p.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="assignment name(s), e.g. 05_gradcam")
+    p.add_argument("--all", action="store_true", help="every assignment in the course's source folder")
     p.add_argument("--course", type=Path, default=Path("."), help="nbgrader course directory (default: here)")
     p.add_argument("--workers", type=int, default=None, help="parallel sandboxed workers (default: CPU cores)")
     p.add_argument("--force", action="store_true", help="regrade submissions that are already graded")
@@ -44,7 +46,8 @@ def _grade(args: argparse.Namespace) -> int:
     limits = Limits(cell_seconds=args.cell_timeout, notebook_seconds=args.timeout,
                     memory_bytes=args.memory << 20, cpu_seconds=int(args.timeout * 1.5) + 30)
     try:
-        report = grade(args.assignment, args.course, workers=args.workers, force=args.force,
+        assignments = _assignments(args)
+        report = grade(assignments, args.course, workers=args.workers, force=args.force,
                        scheduler=args.scheduler, isolate=not args.no_sandbox, limits=limits,
                        progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     except SandboxUnavailable as e:
@@ -58,11 +61,18 @@ def _grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _assignments(args: argparse.Namespace) -> list[str]:
+    from .gradebook import Course
+    if args.all == bool(args.assignments):
+        raise ValueError("name the assignment(s) to grade, e.g. `course grade 05_gradcam`, or pass --all")
+    return Course.open(args.course).assignments() if args.all else args.assignments
+
+
 def _summary(report) -> str:
-    lines = [f"{report.assignment}: {len(report.results)} graded now, {len(report.skipped)} already graded "
+    lines = [f"{len(report.results)} submissions graded now, {len(report.skipped)} already graded "
              f"(unchanged), in {report.seconds:.1f} s"]
-    for r in sorted(report.results, key=lambda r: r.student_id):
-        lines.append(f"  {r.student_id:<20} {r.score:g}/{r.max_score:g}  {r.status}"
+    for r in sorted(report.results, key=lambda r: (r.assignment, r.student_id)):
+        lines.append(f"  {r.assignment:<20} {r.student_id:<20} {r.score:g}/{r.max_score:g}  {r.status}"
                      + (f"  ({'; '.join(r.reasons)})" if r.reasons else ""))
     return "\n".join(lines)
 

@@ -15,12 +15,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from .assemble import Assembled, UnreadableNotebook, assemble, find_notebooks, read_submission
 from .execute import NotebookRun
 from .gradebook import (Course, ensure_assignment, fingerprint, instructor_cells, is_done, record,
-                        release_notebook)
+                        release_notebook, submission_score)
 from .sandbox import Limits, support
 from .scan import scan_cells
 from .score import executed, score_cells
@@ -33,7 +33,8 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    """One student's outcome, as committed to the gradebook."""
+    """One student's outcome on one assignment, as committed to the gradebook."""
+    assignment: str
     student_id: str
     status: str
     score: float
@@ -44,9 +45,9 @@ class Result:
 @dataclasses.dataclass
 class Report:
     """What one `grade()` call did, for the command line, the tests and the benchmark."""
-    assignment: str
+    assignments: list[str]
     results: list[Result] = dataclasses.field(default_factory=list)
-    skipped: list[str] = dataclasses.field(default_factory=list)     # already graded, unchanged
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (assignment, student) unchanged
     seconds: float = 0.0
     workers: int = 0
     cell_seconds: float = 0.0            # time spent inside notebook cells, summed over notebooks
@@ -60,6 +61,8 @@ class Report:
 
 @dataclasses.dataclass
 class _Prepared:
+    assignment: str
+    names: list[str]
     student: str
     print_: str
     assembled: dict[str, Assembled]
@@ -72,7 +75,7 @@ def _prepare(course: Course, assignment: str, student: str, folder: Path, names:
              releases: dict, instructors: dict) -> _Prepared:
     """Read, match and re-assemble one submission's notebooks, and scan the student's code."""
     found, notes = find_notebooks(folder, names) if folder.is_dir() else ({}, [])
-    prepared = _Prepared(student, fingerprint(folder), {}, list(notes), [], [])
+    prepared = _Prepared(assignment, names, student, fingerprint(folder), {}, list(notes), [], [])
     for name in names:
         if name not in found:
             prepared.reasons.append(f"no notebook {name}.ipynb was handed in")
@@ -99,15 +102,14 @@ def _label(a: Assembled, index: int) -> str:
 def _job(p: _Prepared, course: Course, limits: Limits, threads: int, isolate: bool) -> Job:
     notebooks = {name: [(i, c.source) for i, c in enumerate(a.notebook.cells) if c.cell_type == "code"]
                  for name, a in p.assembled.items()}
-    return Job(key=p.student, notebooks=notebooks, course_dir=str(course.root), limits=limits,
+    return Job(key=f"{p.assignment}/{p.student}", notebooks=notebooks, course_dir=str(course.root), limits=limits,
                threads=threads, isolate=isolate)
 
 
-def _commit(course: Course, assignment: str, names: list[str], p: _Prepared,
-            runs: dict[str, NotebookRun] | None, failure: str | None) -> Result:
+def _commit(course: Course, p: _Prepared, runs: dict[str, NotebookRun] | None, failure: str | None) -> Result:
     """Score the runs and write the student's result (the only place results are written)."""
     reasons = list(p.reasons)
-    notebooks: dict = {name: None for name in names}
+    notebooks: dict = {name: None for name in p.names}
     cells: dict = {}
     if failure:
         reasons.append(failure)
@@ -126,10 +128,9 @@ def _commit(course: Course, assignment: str, names: list[str], p: _Prepared,
         reasons.extend(f"flagged for review: {f}" for f in p.flags)
     else:
         status = "graded"
-    record(course, assignment, p.student, notebooks, status, reasons, p.print_, cells)
-    from .gradebook import submission_score
-    score, max_score = submission_score(course, assignment, p.student)
-    return Result(p.student, status, score, max_score, tuple(reasons))
+    record(course, p.assignment, p.student, notebooks, status, reasons, p.print_, cells)
+    score, max_score = submission_score(course, p.assignment, p.student)
+    return Result(p.assignment, p.student, status, score, max_score, tuple(reasons))
 
 
 def ensure_default_model(log: Callable[[str], None] = print) -> None:
@@ -147,12 +148,19 @@ def ensure_default_model(log: Callable[[str], None] = print) -> None:
         raise RuntimeError(f"could not prepare the default model:\n{done.stderr[-2000:]}")
 
 
-def grade(assignment: str, course_dir: str | os.PathLike = ".", *, workers: int | None = None,
-          force: bool = False, scheduler: str | None = None, isolate: bool = True,
+def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".", *,
+          workers: int | None = None, force: bool = False, scheduler: str | None = None, isolate: bool = True,
           limits: Limits = Limits(), progress: bool = True, log: Callable[[str], None] = print) -> Report:
-    """Grade every submission of `assignment` in `course_dir`; see the module docstring."""
-    if not assignment or "/" in assignment or assignment.startswith("."):
-        raise ValueError(f"'{assignment}' is not an assignment name (a folder name in source/, e.g. 05_gradcam)")
+    """Grade every submission of one or more assignments in `course_dir`; see the module docstring.
+
+    Several assignments share one pool of workers, so the imports are paid once per worker per run.
+    """
+    assignments = [assignments] if isinstance(assignments, str) else list(assignments)
+    if not assignments:
+        raise ValueError("name at least one assignment (a folder name in source/, e.g. 05_gradcam)")
+    for assignment in assignments:
+        if not assignment or "/" in assignment or assignment.startswith("."):
+            raise ValueError(f"'{assignment}' is not an assignment name (a folder name in source/, e.g. 05_gradcam)")
     if workers is not None and workers < 1:
         raise ValueError("--workers must be at least 1")
     if isolate and (missing := support()):
@@ -160,29 +168,21 @@ def grade(assignment: str, course_dir: str | os.PathLike = ".", *, workers: int 
                                  + ". Fix that, or pass --no-sandbox to run untrusted code unconfined.")
     start = time.monotonic()
     course = Course.open(course_dir)
-    names = ensure_assignment(course, assignment)
-    releases = {n: release_notebook(course, assignment, n) for n in names}
-    instructors = {n: instructor_cells(course, assignment, n) for n in names}
-    ensure_default_model(log)
-    report = Report(assignment)
-    todo: list[_Prepared] = []
-    for student, folder in course.submissions(assignment).items():
-        print_ = fingerprint(folder)
-        if not force and is_done(course, assignment, student, print_):
-            report.skipped.append(student)
-            continue
-        todo.append(_prepare(course, assignment, student, folder, names, releases, instructors))
+    report = Report(assignments)
+    todo = [p for a in assignments for p in _todo(course, a, force, report)]
+    if any(p.assembled for p in todo):
+        ensure_default_model(log)
     n_workers = workers or os.cpu_count() or 1
     threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // n_workers)
     runnable = [p for p in todo if p.assembled]
-    bar = _progress(len(todo), progress, assignment)
+    bar = _progress(len(todo), progress, ", ".join(assignments) if len(assignments) < 3 else f"{len(assignments)} lessons")
     try:
         for p in todo:
             if not p.assembled:                      # nothing to run: missing or unreadable
-                report.results.append(_commit(course, assignment, names, p, None, None))
+                report.results.append(_commit(course, p, None, None))
                 bar.update(report)
         jobs = [_job(p, course, limits, threads, isolate) for p in runnable]
-        by_key = {p.student: p for p in runnable}
+        by_key = {job.key: p for job, p in zip(jobs, runnable)}
         run_all = _run_dask(scheduler) if scheduler else _run_local(n_workers, threads)
         report.workers = 1 if scheduler else min(n_workers, max(1, len(jobs)))
         for key, runs, failure, rss in run_all(jobs):
@@ -191,12 +191,26 @@ def grade(assignment: str, course_dir: str | os.PathLike = ".", *, workers: int 
                 report.cell_seconds += sum(run.seconds.values())
                 report.notebooks += 1
                 report.peak_run_rss_bytes = max(report.peak_run_rss_bytes, run.max_rss_bytes)
-            report.results.append(_commit(course, assignment, names, by_key[key], runs, failure))
+            report.results.append(_commit(course, by_key[key], runs, failure))
             bar.update(report)
     finally:
         bar.close()
     report.seconds = time.monotonic() - start
     return report
+
+
+def _todo(course: Course, assignment: str, force: bool, report: Report) -> list[_Prepared]:
+    """The assignment's submissions that need grading, prepared; the unchanged ones go to `report.skipped`."""
+    names = ensure_assignment(course, assignment)
+    releases = {n: release_notebook(course, assignment, n) for n in names}
+    instructors = {n: instructor_cells(course, assignment, n) for n in names}
+    todo = []
+    for student, folder in course.submissions(assignment).items():
+        if not force and is_done(course, assignment, student, fingerprint(folder)):
+            report.skipped.append((assignment, student))
+            continue
+        todo.append(_prepare(course, assignment, student, folder, names, releases, instructors))
+    return todo
 
 
 def _run_local(n_workers: int, threads: int):

@@ -61,6 +61,13 @@ class Course:
     def folder(self, step: str, student: str, assignment: str) -> Path:
         return self.root / step / student / assignment
 
+    def assignments(self) -> list[str]:
+        """The assignments of the course: the folders of its source directory, in order."""
+        base = self.root / self.source
+        if not base.is_dir():
+            raise CourseError(f"{base} does not exist: a course needs its nbgrader source folder")
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
     def submissions(self, assignment: str) -> dict[str, Path]:
         """student id -> their submission folder for this assignment (folders only, no links)."""
         base = self.root / self.submitted
@@ -123,7 +130,8 @@ def fingerprint(folder: Path) -> str:
         for p in sorted(folder.rglob("*")):
             if p.is_file() and not p.is_symlink():
                 h.update(str(p.relative_to(folder)).encode() + b"\0")
-                h.update(hashlib.sha256(p.read_bytes()).digest())
+                with open(p, "rb") as f:
+                    h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()
 
 

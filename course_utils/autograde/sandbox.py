@@ -64,8 +64,9 @@ class Policy:
 def readable_paths(course_dir: str | os.PathLike, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Folders a notebook may read: system, this Python, imported packages, the course cache.
 
-    Any folder that contains the course directory is left out (the repository root is on
-    `sys.path` in development), so the gradebook, submissions and solutions stay unreadable.
+    Any folder that contains the course directory, or is itself an nbgrader course (the repository
+    root is on `sys.path` in development), is left out, so the gradebook, submissions and solutions
+    stay unreadable; `course_utils` itself is always readable.
     """
     import course_utils
     from course_utils.data import cache_dir
@@ -76,7 +77,8 @@ def readable_paths(course_dir: str | os.PathLike, extra: tuple[str, ...] = ()) -
     keep = []
     for c in candidates:
         p = Path(c).resolve()
-        if not p.is_dir() or course == p or course.is_relative_to(p) or p.is_relative_to(course):
+        if (not p.is_dir() or course == p or course.is_relative_to(p) or p.is_relative_to(course)
+                or (p / "nbgrader_config.py").exists()):
             continue
         keep.append(str(p))
     keep.append(str(Path(course_utils.__file__).parent.resolve()))  # even when it lives in the course
