@@ -170,8 +170,7 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
     course = Course.open(course_dir)
     report = Report(assignments)
     todo = [p for a in assignments for p in _todo(course, a, force, report)]
-    if any(p.assembled for p in todo):
-        ensure_default_model(log)
+    model = _Background(ensure_default_model, log) if any(p.assembled for p in todo) else None
     n_workers = workers or os.cpu_count() or 1
     threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // n_workers)
     runnable = [p for p in todo if p.assembled]
@@ -183,7 +182,8 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
                 bar.update(report)
         jobs = [_job(p, course, limits, threads, isolate) for p in runnable]
         by_key = {job.key: p for job, p in zip(jobs, runnable)}
-        run_all = _run_dask(scheduler) if scheduler else _run_local(n_workers, threads)
+        ready = model.wait if model else (lambda: None)
+        run_all = _run_dask(scheduler, ready) if scheduler else _run_local(n_workers, threads, ready)
         report.workers = 1 if scheduler else min(n_workers, max(1, len(jobs)))
         for key, runs, failure, rss in run_all(jobs):
             report.peak_worker_rss_bytes = max(report.peak_worker_rss_bytes, rss)
@@ -213,8 +213,29 @@ def _todo(course: Course, assignment: str, force: bool, report: Report) -> list[
     return todo
 
 
-def _run_local(n_workers: int, threads: int):
-    """Run jobs on n local worker processes; yields (key, runs, failure, worker rss) as they finish."""
+class _Background:
+    """Run a function in a thread; `wait()` returns when it is done and re-raises its error."""
+
+    def __init__(self, fn: Callable, *args):
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:
+            self._error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _run_local(n_workers: int, threads: int, ready: Callable[[], None]):
+    """Run jobs on n local worker processes; yields (key, runs, failure, worker rss) as they finish.
+    The workers start (and pay their imports) while `ready()` is still preparing the model."""
     def run_all(jobs: list[Job]) -> Iterator:
         if not jobs:
             return
@@ -222,10 +243,15 @@ def _run_local(n_workers: int, threads: int):
         for job in jobs:
             todo.put(job)
         done: queue.Queue = queue.Queue()
-        stop = threading.Event()
+        stop, go = threading.Event(), threading.Event()
 
         def serve() -> None:
             with Worker(threads=threads) as worker:
+                try:
+                    worker.start()
+                except WorkerDied:
+                    pass                              # run() below retries and reports per job
+                go.wait()
                 while not stop.is_set():
                     try:
                         job = todo.get_nowait()
@@ -242,20 +268,24 @@ def _run_local(n_workers: int, threads: int):
         for t in pool:
             t.start()
         try:
+            ready()
+            go.set()
             for _ in jobs:
                 yield done.get()
         finally:
             stop.set()
+            go.set()
             for t in pool:
                 t.join(timeout=1)
     return run_all
 
 
-def _run_dask(address: str):
+def _run_dask(address: str, ready: Callable[[], None]):
     """Run jobs as Dask tasks on the cluster at `address`; the gradebook stays with this process."""
     def run_all(jobs: list[Job]) -> Iterator:
         from distributed import Client, as_completed
         from .worker import run_on_this_machine
+        ready()
         with Client(address, timeout=30) as client:
             futures = {client.submit(run_on_this_machine, job.to_json(), pure=False,
                                      key=f"course-grade-{job.key}-{time.time_ns()}"): job.key for job in jobs}

@@ -77,7 +77,11 @@ class Course:
                 if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")}
 
     def gradebook(self):
+        """nbgrader's Gradebook (it runs `alembic` from this Python's bin folder to create or upgrade it)."""
         from nbgrader.api import Gradebook
+        here = str(Path(sys.executable).parent)
+        if here not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = os.pathsep.join([here, os.environ.get("PATH", "")])
         return Gradebook(self.db_url)
 
 
@@ -92,13 +96,16 @@ def nbgrader_env(course: Course) -> dict:
 def ensure_assignment(course: Course, assignment: str) -> list[str]:
     """Make sure the assignment is in the gradebook (generating it if not); return its notebook names."""
     from nbgrader.api import MissingEntry
+    source = course.root / course.source / assignment
+    if not source.is_dir() and not (course.root / course.release / assignment).is_dir():
+        raise CourseError(f"no assignment '{assignment}': {source} does not exist")
     with course.gradebook() as gb:
         try:
             return sorted(nb.name for nb in gb.find_assignment(assignment).notebooks)
         except MissingEntry:
             pass
-    if not (course.root / course.source / assignment).is_dir():
-        raise CourseError(f"no assignment '{assignment}': {course.root / course.source / assignment} does not exist")
+    if not source.is_dir():
+        raise CourseError(f"'{assignment}' is not in the gradebook and {source} does not exist to generate it from")
     done = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", assignment, "--force",
                            "--log-level=ERROR"], cwd=course.root, env=nbgrader_env(course),
                           capture_output=True, text=True)
@@ -234,6 +241,9 @@ EXPORT_COLUMNS = ("student_id", "assignment", "score", "max_score", "status", "r
 def export_rows(course: Course, assignment: str) -> list[dict]:
     """One row per student known to the gradebook or present in submitted/, in EXPORT_COLUMNS order."""
     from nbgrader.api import MissingEntry
+    db = course.db_url.removeprefix("sqlite:///")
+    if course.db_url.startswith("sqlite:///") and not Path(db).is_file():
+        raise CourseError(f"{course.root} has no gradebook yet ({db}): run `course grade {assignment}` first")
     with course.gradebook() as gb:
         try:
             max_score = float(gb.find_assignment(assignment).max_score)
@@ -241,8 +251,10 @@ def export_rows(course: Course, assignment: str) -> list[dict]:
             raise CourseError(f"'{assignment}' is not in the gradebook: run `course grade {assignment}` first") from None
         known = {s.id for s in gb.students}
     rows = []
-    for student in sorted(known | set(course.submissions(assignment))):
+    folders = course.submissions(assignment)
+    for student in sorted(known | set(folders)):
         result = read_result(course, assignment, student)
+        handed_in = student in folders and folders[student].is_dir()
         try:
             score, _ = submission_score(course, assignment, student)   # manual grades included
             status = result["status"] if result else "graded"
@@ -250,7 +262,10 @@ def export_rows(course: Course, assignment: str) -> list[dict]:
             score, status = 0.0, "missing"
         reasons = list(result["reasons"]) if result else []
         if status == "missing" and not reasons:
-            reasons = ["nothing was handed in"]
+            reasons = [f"handed in but not graded yet: run `course grade {assignment}`" if handed_in
+                       else "nothing was handed in"]
+        elif result and handed_in and result.get("fingerprint") != fingerprint(folders[student]):
+            reasons.append(f"handed in again after grading: run `course grade {assignment}` to grade the new version")
         rows.append({"student_id": student, "assignment": assignment, "score": round(score, 4),
                      "max_score": max_score, "status": status, "reasons": "; ".join(reasons)})
     return rows

@@ -113,6 +113,11 @@ class Worker:
         self._proc: subprocess.Popen | None = None
         self.peak_rss_bytes = 0
 
+    def start(self) -> None:
+        """Start the worker process now (otherwise the first `run` does); raises WorkerDied."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+
     def _start(self) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
@@ -129,8 +134,7 @@ class Worker:
 
     def run(self, job: Job) -> dict[str, NotebookRun]:
         """Run one job; raises WorkerDied (and restarts on the next call) if the worker fails."""
-        if self._proc is None or self._proc.poll() is not None:
-            self._start()
+        self.start()
         try:
             send(self._proc.stdin.fileno(), job.to_json())
             answer = receive(self._proc.stdout.fileno(), time.monotonic() + job.budget(), MAX_ANSWER_BYTES)
