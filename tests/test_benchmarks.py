@@ -66,3 +66,13 @@ def test_summary_ratios_pair_methods_within_a_round():
     t = bench.summarize(rounds)
     assert t["ours/peer"] == pytest.approx(0.9) and t["ours/floor"] == pytest.approx(0.9)
     assert t["course_utils"] == pytest.approx(1.8)      # the median of the drifting times
+
+
+def test_the_grading_benchmark_counts_the_memory_of_child_processes():
+    import subprocess
+    from benchmarks import grading
+    code = "import time; x = bytearray(300 << 20); x[::4096] = b'1' * len(x[::4096]); time.sleep(2)"
+    with grading.MemorySampler(marker="bytearray(300", every=0.1) as memory:
+        subprocess.run([sys.executable, "-c", code], check=True)
+    assert memory.peak_unit >= 290 << 20                   # the marked child alone
+    assert memory.peak_total >= memory.peak_unit
