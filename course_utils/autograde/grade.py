@@ -86,11 +86,17 @@ def _prepare(course: Course, assignment: str, student: str, folder: Path, names:
             prepared.unreadable.append(name)
             prepared.reasons.append(str(e))
             continue
-        a = assemble(nb, releases[name], instructors[name])
+        try:
+            a = assemble(nb, releases[name], instructors[name])
+            cells = {_label(a, i): a.notebook.cells[i].source for i in a.student_cells}
+            flags = scan_cells(cells)
+        except Exception as e:          # a notebook nbformat reads but nothing else can: this student only
+            prepared.unreadable.append(name)
+            prepared.reasons.append(f"{found[name].name} could not be matched to the lesson ({type(e).__name__}: {e})")
+            continue
         prepared.assembled[name] = a
         prepared.reasons.extend(a.repairs)
-        cells = {_label(a, i): a.notebook.cells[i].source for i in a.student_cells}
-        prepared.flags.extend(scan_cells(cells))
+        prepared.flags.extend(flags)
     return prepared
 
 
@@ -131,6 +137,15 @@ def _commit(course: Course, p: _Prepared, runs: dict[str, NotebookRun] | None, f
     record(course, p.assignment, p.student, notebooks, status, reasons, p.print_, cells)
     score, max_score = submission_score(course, p.assignment, p.student)
     return Result(p.assignment, p.student, status, score, max_score, tuple(reasons))
+
+
+def _commit_or_fail(course: Course, p: _Prepared, runs: dict[str, NotebookRun] | None,
+                    failure: str | None) -> Result:
+    """Commit; if the outputs cannot be scored or saved, record the student as failed instead."""
+    try:
+        return _commit(course, p, runs, failure)
+    except Exception as e:
+        return _commit(course, p, None, f"the grader could not score or save this submission ({type(e).__name__}: {e})")
 
 
 def ensure_default_model(log: Callable[[str], None] = print) -> None:
@@ -191,7 +206,7 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
                 report.cell_seconds += sum(run.seconds.values())
                 report.notebooks += 1
                 report.peak_run_rss_bytes = max(report.peak_run_rss_bytes, run.max_rss_bytes)
-            report.results.append(_commit(course, by_key[key], runs, failure))
+            report.results.append(_commit_or_fail(course, by_key[key], runs, failure))
             bar.update(report)
     finally:
         bar.close()
