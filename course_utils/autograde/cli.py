@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE, EXIT_SANDBOX, EXIT_INTERRUPTED = 2, 3, 130
+_REPOSITORY = Path(__file__).resolve().parents[2]
+# The course directory by default: this repository when course_utils runs from a checkout of it.
+DEFAULT_COURSE = _REPOSITORY if (_REPOSITORY / "nbgrader_config.py").is_file() else Path(".")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +19,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "Several assignments share one pool of workers.")
     p.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="assignment name(s), e.g. 05_gradcam")
     p.add_argument("--all", action="store_true", help="every assignment in the course's source folder")
-    p.add_argument("--course", type=Path, default=Path("."), help="nbgrader course directory (default: here)")
+    p.add_argument("--course", type=Path, default=DEFAULT_COURSE,
+                   help=f"nbgrader course directory (default: {DEFAULT_COURSE})")
     p.add_argument("--workers", type=int, default=None, help="parallel sandboxed workers (default: CPU cores)")
     p.add_argument("--force", action="store_true", help="regrade submissions that are already graded")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler instead of local workers")
@@ -30,7 +34,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write one CSV row per student for an assignment",
                        description="Columns: student_id, assignment, score, max_score, status, reasons.")
     p.add_argument("assignment", help="assignment name, e.g. 05_gradcam")
-    p.add_argument("--course", type=Path, default=Path("."), help="nbgrader course directory (default: here)")
+    p.add_argument("--course", type=Path, default=DEFAULT_COURSE,
+                   help=f"nbgrader course directory (default: {DEFAULT_COURSE})")
     p.add_argument("--to", type=Path, required=True, metavar="FILE.csv", help="where to write the CSV")
     p.set_defaults(run=_export)
 
