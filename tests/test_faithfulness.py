@@ -149,3 +149,24 @@ def test_the_sanity_check_separates_gradcam_from_an_edge_map(learn, batch):
 def batch(learn):
     x, y = learn.dls.valid.one_batch()
     return x[:8].as_subclass(torch.Tensor), y[:8].as_subclass(torch.Tensor)
+
+
+# ---------------------------------------------------------------- the ground-truth table
+def test_score_methods_gives_one_row_per_method_and_layer():
+    from course_utils.evaluate import COLUMNS, markdown_table, score_methods
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, stride=2),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    x = torch.randn(3, 3, 16, 16)
+    boxes = [(0, 0, 15, 15)] * 3                              # the whole image: every peak is a hit
+    rows = score_methods(model, x, [0, 1, 0], boxes, {"a": model[1], "b": model[3]}, steps=4)
+    assert [(r["method"], r["layer"]) for r in rows] == [
+        (m, l) for m in ("Grad-CAM", "Grad-CAM++", "LayerCAM", "Score-CAM") for l in ("a", "b")]
+    for r in rows:
+        assert list(r) == COLUMNS and r["pointing game"] == 1.0 and r["ms per image"] > 0
+        assert r["energy in box"] in (0.0, pytest.approx(1.0))
+        assert 0 <= r["deletion AUC"] <= 1 and 0 <= r["insertion AUC"] <= 1
+    table = markdown_table(rows)
+    assert table.count("\n") == 2 + len(rows) and "| Score-CAM | b | 1.000 |" in table
+    with pytest.raises(TypeError, match="dict name -> layer"):
+        score_methods(model, x, 0, boxes, [model[1]])
