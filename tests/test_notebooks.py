@@ -22,9 +22,14 @@ from release import lessons, release  # noqa: E402
 
 LESSONS = lessons()
 EXPECTED = ["01_setup", "02_forward_hooks", "03_context_managers", "04_cam", "05_gradcam",
-            "06_inner_layers", "07_keepdim", "08_any_model", "09_questionnaire", "10_nlp"]
-# Which exercise `onewrong` breaks, and how (lesson -> solution cell id, replacement source).
-BROKEN = ("01_setup", "is_cat", "def is_cat(name):\n    return name[0].islower()")
+            "06_inner_layers", "07_keepdim", "08_any_model", "09_questionnaire", "10_nlp", "11_trust"]
+# Which exercise `onewrong` breaks in which lesson, and how (lesson, solution cell id, replacement source).
+BROKEN = [("01_setup", "is_cat", "def is_cat(name):\n    return name[0].islower()"),
+          ("11_trust", "spearman_rank",      # Pearson of the values: no ranks
+           "def average_ranks(v):\n    return v.flatten().double()\n\n"
+           "def spearman_rank(a, b):\n    a, b = a.flatten().double(), b.flatten().double()\n"
+           "    a, b = a - a.mean(), b - b.mean()\n"
+           "    return float((a * b).sum() / (a.square().sum() * b.square().sum()).sqrt())")]
 
 
 def nbgrader_meta(cell) -> dict:
@@ -102,9 +107,8 @@ def run_nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def break_one_exercise(path: Path) -> None:
+def break_one_exercise(path: Path, grade_id: str, wrong: str) -> None:
     nb = read(path)
-    lesson, grade_id, wrong = BROKEN
     cell, = [c for c in nb.cells if nbgrader_meta(c).get("grade_id") == grade_id]
     cell.source = wrong
     nbformat.write(nb, path)
@@ -124,9 +128,9 @@ def graded(tmp_path_factory, learn):
         for student, origin in (("solver", course / "source"), ("blank", course / "release")):
             dest = course / "submitted" / student / lesson
             shutil.copytree(origin / lesson, dest)
-    dest = course / "submitted" / "onewrong" / BROKEN[0]
-    shutil.copytree(course / "source" / BROKEN[0], dest)
-    break_one_exercise(notebook_of(course / "submitted" / "onewrong", BROKEN[0]))
+    for lesson, grade_id, wrong in BROKEN:
+        shutil.copytree(course / "source" / lesson, course / "submitted" / "onewrong" / lesson)
+        break_one_exercise(notebook_of(course / "submitted" / "onewrong", lesson), grade_id, wrong)
     for lesson in LESSONS:
         run_nbgrader(course, "autograde", lesson, "--create", "--force")
     return course, collect_scores(course)
@@ -165,9 +169,9 @@ def test_untouched_release_scores_zero(graded, lesson):
     assert sum(score for score, _ in scores[("blank", lesson)].values()) == 0
 
 
-def test_one_wrong_exercise_loses_exactly_its_points(graded):
+@pytest.mark.parametrize("lesson, grade_id", [b[:2] for b in BROKEN])
+def test_one_wrong_exercise_loses_exactly_its_points(graded, lesson, grade_id):
     _, scores = graded
-    lesson, grade_id, _ = BROKEN
     cells = scores[("onewrong", lesson)]
     broken = f"test_{grade_id}"
     assert broken in cells, f"no test cell named {broken}"
