@@ -34,10 +34,10 @@ import statistics
 import time
 import warnings
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")   # before torch imports tqdm: pytorch-grad-cam's Score-CAM draws bars
+import torch  # noqa: E402
 
 warnings.filterwarnings("ignore")  # the peers' deprecation chatter is not what we measure
-os.environ.setdefault("TQDM_DISABLE", "1")   # pytorch-grad-cam's Score-CAM draws progress bars
 
 NAMES = ["floor", "course_utils", "captum", "pytorch-grad-cam", "torch-cam"]
 PEERS = ["captum", "pytorch-grad-cam", "torch-cam"]
