@@ -1,4 +1,5 @@
-"""Time course_utils.gradcam against captum, pytorch-grad-cam, torch-cam and the floor, side by side.
+"""Time course_utils.gradcam against captum, pytorch-grad-cam, torch-cam and the floor, side by side
+(and, with --method, Grad-CAM++, LayerCAM or Score-CAM against pytorch-grad-cam's and torch-cam's).
 
 The floor is what a plain Grad-CAM must do: one forward pass that keeps the layer output, and
 `torch.autograd.grad` of the target scores to it. Every method runs on the same model, inputs and
@@ -14,6 +15,11 @@ cost varies from call to call (page faults when its graph holds more memory), an
 sample would hide exactly that. A second table gives each method's peak memory.
 
     make bench            # or: PYTHONPATH=. python benchmarks/gradcam.py [--quick] [--overhead]
+    PYTHONPATH=. python benchmarks/gradcam.py --method layercam   # gradcampp, layercam, scorecam
+
+For the other methods the floor is the same forward and `autograd.grad` (what any gradient CAM
+must do); Score-CAM has no floor. Score-CAM runs one forward pass per channel and image, so it is
+timed on the default model only, one call a sample.
 """
 from __future__ import annotations
 
@@ -22,17 +28,26 @@ import ctypes
 import ctypes.util
 import functools
 import math
+import os
 import platform
 import statistics
 import time
 import warnings
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")   # before torch imports tqdm: pytorch-grad-cam's Score-CAM draws bars
+import torch  # noqa: E402
 
 warnings.filterwarnings("ignore")  # the peers' deprecation chatter is not what we measure
 
 NAMES = ["floor", "course_utils", "captum", "pytorch-grad-cam", "torch-cam"]
 PEERS = ["captum", "pytorch-grad-cam", "torch-cam"]
+# CAM method -> the implementations timed side by side (captum has only Grad-CAM)
+FAMILY = {"gradcam": NAMES,
+          "gradcampp": ["floor", "course_utils", "pytorch-grad-cam", "torch-cam"],
+          "layercam": ["floor", "course_utils", "pytorch-grad-cam", "torch-cam"],
+          "scorecam": ["course_utils", "pytorch-grad-cam", "torch-cam"]}
+PGC = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "layercam": "LayerCAM", "scorecam": "ScoreCAM"}
+TORCHCAM = {"gradcam": "GradCAM", "gradcampp": "GradCAMpp", "layercam": "LayerCAM", "scorecam": "ScoreCAM"}
 SAMPLE_SECONDS = 0.05   # short samples: this machine's speed drifts within a second
 
 
@@ -49,32 +64,37 @@ def floor(model, x, layer, targets):
     return grad
 
 
-def make_method(name: str, model, layer):
-    """`(call, close)`: `call(x, targets)` computes the maps as each library's documentation shows;
-    `close()` removes whatever hooks the setup left on the model."""
+def make_method(name: str, model, layer, cam: str = "gradcam"):
+    """`(call, close)`: `call(x, targets)` computes the `cam` maps as each library's documentation
+    shows; `close()` removes whatever hooks the setup left on the model."""
+    if cam not in FAMILY or name not in FAMILY[cam]:
+        raise ValueError(f"no {name!r} for {cam!r}; choose a method from {list(FAMILY)} "
+                         f"and an implementation from {FAMILY.get(cam, NAMES)}")
     if name == "floor":
         return (lambda x, t: floor(model, x, layer, t)), (lambda: None)
     if name == "course_utils":
-        from course_utils import gradcam
-        return (lambda x, t: gradcam(model, x, layer, t)), (lambda: None)
+        import course_utils
+        ours = getattr(course_utils, cam)       # the method's name in course_utils
+        return (lambda x, t: ours(model, x, layer, t)), (lambda: None)
     if name == "captum":
         from captum.attr import LayerGradCam
         method = LayerGradCam(model, layer)
         return (lambda x, t: method.attribute(x, target=t.tolist(), relu_attributions=True)), (lambda: None)
     if name == "pytorch-grad-cam":
-        from pytorch_grad_cam import GradCAM
+        import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-        method = GradCAM(model=model, target_layers=[layer])
+        method = getattr(pytorch_grad_cam, PGC[cam])(model=model, target_layers=[layer])
 
         def close():  # not release(): its in-place detach_ fails on some activations (views)
             for handle in method.activations_and_grads.handles:
                 handle.remove()
         return (lambda x, t: method(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in t])), close
     if name == "torch-cam":
-        from torchcam.methods import GradCAM
-        method = GradCAM(model, target_layer=layer)
+        import torchcam.methods
+        method = getattr(torchcam.methods, TORCHCAM[cam])(model, target_layer=layer)
         return (lambda x, t: method(class_idx=t.tolist(), scores=model(x), normalized=False)), method.remove_hooks
-    raise ValueError(f"unknown method {name!r}; choose from {NAMES}")
+    raise AssertionError(name)
+
 
 
 # ---------------------------------------------------------------- the cases
@@ -110,7 +130,7 @@ def cases(quick: bool):
     for batch in (1, 16):
         for layer in ("last", "inner"):
             yield "default", layer, batch
-    if not quick:
+    if not quick:          # (Score-CAM on resnet18 at 224 px: 8,192 forward passes a call)
         for batch in (1, 16):
             for layer in ("layer4", "layer3"):
                 yield "resnet18", layer, batch
@@ -153,13 +173,13 @@ def memory_mb(field: str) -> float:
         return float("nan")
 
 
-def sample(name: str, model, layer, x, targets, calls: int) -> tuple[float, float]:
+def sample(name: str, model, layer, x, targets, calls: int, cam: str = "gradcam") -> tuple[float, float]:
     """Seconds per call of one method over `calls` calls, and its peak memory above the start (MB)."""
     model.zero_grad(set_to_none=True)       # pytorch-grad-cam writes .grad; start every method clean
     release_free_memory()
     reset_peak_memory()
     base = memory_mb("VmRSS")
-    call, close = make_method(name, model, layer)
+    call, close = make_method(name, model, layer, cam)
     try:
         call(x, targets)                     # untimed: brings this method to its steady state
         start = time.perf_counter()
@@ -181,15 +201,17 @@ def calls_per_sample(model, layer, x, targets) -> int:
     return max(1, round(SAMPLE_SECONDS * n / (time.perf_counter() - start)))
 
 
-def time_case(case: tuple, rounds: int) -> tuple[list[dict], dict]:
-    """Per-round seconds per call of every method, and each method's largest peak memory (MB)."""
+def time_case(case: tuple, rounds: int, cam: str = "gradcam") -> tuple[list[dict], dict]:
+    """Per-round seconds per call of every implementation of `cam`, and each one's largest peak
+    memory (MB)."""
+    names = FAMILY[cam]
     model, layer, x, targets = build_case(*case)
-    calls = calls_per_sample(model, layer, x, targets)
-    per_round, peaks = [], {name: [] for name in NAMES}
+    calls = calls_per_sample(model, layer, x, targets) if cam != "scorecam" else 1
+    per_round, peaks = [], {name: [] for name in names}
     for r in range(rounds + 1):              # round 0 warms up and is discarded
         times = {}
-        for name in NAMES[r % len(NAMES):] + NAMES[:r % len(NAMES)]:
-            times[name], peak = sample(name, model, layer, x, targets, calls)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name], peak = sample(name, model, layer, x, targets, calls, cam)
             peaks[name].append(peak)
         if r:
             per_round.append(times)
@@ -213,17 +235,23 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
 def summarize(per_round: list[dict]) -> dict:
     """Median seconds per call of every method over the rounds, and ours / floor and ours /
     fastest peer as medians (with 95 % intervals) of the ratios within each round: the methods of
-    a round ran back to back, so the ratio cancels the machine's drift."""
-    t = {n: statistics.median(r[n] for r in per_round) for n in NAMES}
-    for key, ratios in (("ours/floor", [r["course_utils"] / r["floor"] for r in per_round]),
-                        ("ours/peer", [r["course_utils"] / min(r[p] for p in PEERS)
-                                       for r in per_round])):
-        t[key], t[key + " interval"] = statistics.median(ratios), median_interval(ratios)
+    a round ran back to back, so the ratio cancels the machine's drift. (No floor in the rounds:
+    NaN ratios to it.)"""
+    names = list(per_round[0])
+    peers = [n for n in names if n in PEERS]
+    t = {n: statistics.median(r[n] for r in per_round) for n in names}
+    ratios = {"ours/peer": [r["course_utils"] / min(r[p] for p in peers) for r in per_round],
+              "ours/floor": [r["course_utils"] / r["floor"] if "floor" in r else math.nan
+                             for r in per_round]}
+    for key, values in ratios.items():
+        t[key], t[key + " interval"] = statistics.median(values), median_interval(values)
     return t
 
 
 def ratio_cell(t: dict, key: str) -> str:
     lo, hi = t[key + " interval"]
+    if math.isnan(t[key]):
+        return "–"
     return f"{t[key]:.2f}× ({lo:.2f}–{hi:.2f})"
 
 
@@ -237,22 +265,23 @@ def overhead(rounds: int) -> None:
           f"{rounds} rounds): " + ", ".join(f"{name} {1e6 * t[name]:.0f}" for name in NAMES))
 
 
-def table(quick: bool, rounds: int) -> None:
+def table(quick: bool, rounds: int, cam: str = "gradcam") -> None:
+    names = FAMILY[cam]
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads, {platform.machine()}; median ms per call "
+    print(f"{cam}: torch {torch.__version__}, {threads} threads, {platform.machine()}; median ms per call "
           f"over {rounds} interleaved rounds; ratios with their 95 % intervals")
     print()
-    head = "| model | layer | batch | " + " | ".join(NAMES)
+    head = "| model | layer | batch | " + " | ".join(names)
     print(head + " | ours / floor | ours / fastest peer |")
-    print("|---" * (len(NAMES) + 5) + "|")
+    print("|---" * (len(names) + 5) + "|")
     memory, slower, far = [], [], []
-    for case in cases(quick):
-        per_round, peaks = time_case(case, rounds)
+    for case in cases(quick or cam == "scorecam"):
+        per_round, peaks = time_case(case, rounds, cam)
         t = summarize(per_round)
         row = f"| {LABELS[case[0]]} | {case[1]} | {case[2]} | "
-        print(row + " | ".join(f"{1e3 * t[n]:.1f}" for n in NAMES)
+        print(row + " | ".join(f"{1e3 * t[n]:.1f}" for n in names)
               + f" | {ratio_cell(t, 'ours/floor')} | {ratio_cell(t, 'ours/peer')} |", flush=True)
-        memory.append(row + " | ".join(f"{peaks[n]:.0f}" for n in NAMES) + " |")
+        memory.append(row + " | ".join(f"{peaks[n]:.0f}" for n in names) + " |")
         label = f"{LABELS[case[0]]} {case[1]} batch {case[2]}"
         if t["ours/peer interval"][0] > 1:
             slower.append(label)
@@ -266,7 +295,7 @@ def table(quick: bool, rounds: int) -> None:
     print("Peak resident memory during a sample, above the level before it, MB (largest over rounds)")
     print()
     print(head + " |")
-    print("|---" * (len(NAMES) + 3) + "|")
+    print("|---" * (len(names) + 3) + "|")
     print("\n".join(memory))
 
 
@@ -275,11 +304,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="default model only, 5 rounds")
     parser.add_argument("--overhead", action="store_true", help="only the fixed cost per call")
     parser.add_argument("--rounds", type=int, help="rounds per row (default 21, or 5 with --quick)")
+    parser.add_argument("--method", choices=list(FAMILY), default="gradcam",
+                        help="which CAM method to time (default gradcam)")
     args = parser.parse_args()
     rounds = args.rounds if args.rounds is not None else (5 if args.quick else 21)
     if rounds < 1:
         parser.error("--rounds must be at least 1")
-    overhead(rounds) if args.overhead else table(args.quick, rounds)
+    overhead(rounds) if args.overhead else table(args.quick, rounds, args.method)
 
 
 if __name__ == "__main__":

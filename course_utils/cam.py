@@ -6,13 +6,13 @@ scaling (`normalize`) are separate, explicit steps, as in captum.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["gradcam", "cam", "book_cam", "upsample", "normalize",
+__all__ = ["gradcam", "gradient_cam", "gradcam_weights", "weighted_sum", "cam", "book_cam", "upsample", "normalize",
            "pointing_hits", "pointing_game", "energy_in_box"]
 
 Targets = Union[int, Sequence[int], torch.Tensor]
@@ -122,7 +122,7 @@ def _eval_mode(modules: list[nn.Module]):
         _restore_training(training)
 
 
-def _recording_hook(record: list):
+def _recording_hook(record: list, gradients: bool = True):
     """A forward hook that records the layer's output on the graph and hands the rest of the
     network a copy.
 
@@ -131,9 +131,13 @@ def _recording_hook(record: list):
     building one makes the pass cheaper than a plain forward (see benchmarks/). That first output
     becomes a leaf that requires grad, so frozen layers need no flag change. The copy keeps the
     recorded tensor safe from in-place ops downstream (ReLU(inplace=True), `out += identity`).
+    With `gradients=False` (Score-CAM) no graph is built at all and the output is kept as a copy.
     """
     def hook(module, inputs, output):
         if not isinstance(output, torch.Tensor):
+            return None
+        if not gradients:
+            record.append(output.detach().clone())
             return None
         torch.set_grad_enabled(True)            # the graph starts here
         act = output if output.requires_grad else output.detach().requires_grad_()
@@ -143,7 +147,8 @@ def _recording_hook(record: list):
 
 
 def _recorded_forward(model: nn.Module, modules: list[nn.Module], layers: Sequence[nn.Module],
-                      x: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+                      x: torch.Tensor, gradients: bool = True
+                      ) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
     """`model(x)` in eval mode with each layer's outputs recorded (see `_recording_hook`); the
     model's flags, its hooks and the grad mode are restored however the pass ends. One function
     rather than three context managers: gradcam pays this on every call."""
@@ -153,7 +158,7 @@ def _recorded_forward(model: nn.Module, modules: list[nn.Module], layers: Sequen
     handles = []
     try:
         for layer, record in zip(layers, records):
-            handles.append(layer.register_forward_hook(_recording_hook(record)))
+            handles.append(layer.register_forward_hook(_recording_hook(record, gradients)))
         torch.set_grad_enabled(False)
         return model(x), records
     finally:
@@ -170,7 +175,88 @@ def _single_output(record: list, layer: nn.Module) -> torch.Tensor:
     return record[0]
 
 
+# ---------------------------------------------------------------- the core every CAM method shares
+Layers = Union[nn.Module, Sequence[nn.Module]]
+# (activation [N,K,h,w], gradient [N,K,h,w]) -> weights [N,K] (one per channel) or [N,K,h,w] (per element)
+Weigh = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _layers_and_checks(model: nn.Module, x: torch.Tensor, layer: Layers
+                       ) -> tuple[bool, list[nn.Module], list[nn.Module]]:
+    """(was a list given, the layers, the model's modules) after checking the batch and the layers."""
+    many = not isinstance(layer, nn.Module)
+    layers = list(layer) if many else [layer]
+    _check_batch(model, x)
+    modules = _submodules(model)
+    _check_layers(modules, layers)
+    return many, layers, modules
+
+
+def _checked_outputs(records: list, layers: list[nn.Module], logits: torch.Tensor
+                     ) -> list[torch.Tensor]:
+    acts = [_single_output(r, l) for r, l in zip(records, layers)]
+    for act, l in zip(acts, layers):
+        _check_spatial(act, l)
+    if logits.dim() != 2:
+        raise ValueError(f"the model must return scores [N, classes], got {tuple(logits.shape)}")
+    return acts
+
+
+def gradient_cam(model: nn.Module, x: torch.Tensor, layer: Layers, targets: Targets,
+                 weigh: Weigh, relu: bool = True, name: str = "gradient_cam"
+                 ) -> Union[torch.Tensor, list[torch.Tensor]]:
+    """The shared core of the gradient CAMs: raw `[N,h,w]` maps ReLU(sum_k W_k * A_k) where
+    `W = weigh(A, dScore/dA)`, so that a new method is only its `weigh` function.
+
+    One recorded forward, one `torch.autograd.grad` to the layer outputs only (no parameter
+    `.grad` written), eval mode with every flag restored, no hook left. `weigh` returns one weight
+    per channel `[N,K]` or per element `[N,K,h,w]`. A list of layers returns a list of maps.
+    """
+    if not callable(weigh):
+        raise TypeError(f"weigh must be a function (activation, gradient) -> weights, got {weigh!r:.60}")
+    many, layers, modules = _layers_and_checks(model, x, layer)
+    if not torch.is_grad_enabled():
+        raise RuntimeError(f"{name} needs gradients but was called under torch.no_grad(); "
+                           "call it outside that block (or inside torch.enable_grad())")
+    logits, records = _recorded_forward(model, modules, layers, x)
+    acts = _checked_outputs(records, layers, logits)
+    t = _target_tensor(targets, x.shape[0], logits.shape[1], logits.device)
+    score = _plain(logits).gather(1, t[:, None]).sum()  # images are independent: one backward for all
+    grads = torch.autograd.grad(score, acts, allow_unused=True) if score.requires_grad else [None]
+    for g, l in zip(grads, layers):
+        if g is None:
+            raise ValueError(f"the model's scores do not depend on the output of {type(l).__name__}; "
+                             "pick a layer on the path from the input to the scores")
+    maps = []
+    for a, g in zip(acts, grads):
+        a, g = _plain(a.detach()), _plain(g)
+        maps.append(weighted_sum(weigh(a, g), a, relu))
+    return maps if many else maps[0]
+
+
+def weighted_sum(weights: torch.Tensor, act: torch.Tensor, relu: bool = True) -> torch.Tensor:
+    """sum_k W_k * A_k over the channels of `act [N,K,h,w]`, for channel weights `[N,K]` or
+    element weights `[N,K,h,w]`; then ReLU unless `relu=False`. Every CAM ends with this."""
+    if not isinstance(act, torch.Tensor) or act.dim() != 4:
+        raise ValueError("act must be activations [N,K,h,w]")
+    n, k, h, w = act.shape
+    if isinstance(weights, torch.Tensor) and weights.shape == (n, k):
+        m = torch.bmm(weights[:, None], act.reshape(n, k, h * w)).view(n, h, w)
+    elif isinstance(weights, torch.Tensor) and weights.shape == act.shape:
+        m = (weights * act).sum(1)
+    else:
+        shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+        raise ValueError(f"weights must be [N,K]={[n, k]} (one per channel) or [N,K,h,w]="
+                         f"{list(act.shape)} (one per element), got {shape}")
+    return m.clamp_min_(0) if relu else m
+
+
 # ---------------------------------------------------------------- Grad-CAM
+def gradcam_weights(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM's channel weights (Selvaraju et al. 2017): the spatial mean of the gradient, `[N,K]`."""
+    return grad.mean(dim=(2, 3))
+
+
 def gradcam(model: nn.Module, x: torch.Tensor,
             layer: Union[nn.Module, Sequence[nn.Module]], targets: Targets,
             relu: bool = True) -> Union[torch.Tensor, list[torch.Tensor]]:
@@ -181,36 +267,7 @@ def gradcam(model: nn.Module, x: torch.Tensor,
     the layer output only, so no parameter `.grad` is written. The model runs in eval mode and its
     flags are restored. A list of layers returns a list of maps from one forward and one backward pass.
     """
-    many = not isinstance(layer, nn.Module)
-    layers = list(layer) if many else [layer]
-    _check_batch(model, x)
-    modules = _submodules(model)
-    _check_layers(modules, layers)
-    if not torch.is_grad_enabled():
-        raise RuntimeError("gradcam needs gradients but was called under torch.no_grad(); "
-                           "call it outside that block (or inside torch.enable_grad())")
-    logits, records = _recorded_forward(model, modules, layers, x)
-    acts = [_single_output(r, l) for r, l in zip(records, layers)]
-    for act, l in zip(acts, layers):
-        _check_spatial(act, l)
-    if logits.dim() != 2:
-        raise ValueError(f"the model must return scores [N, classes], got {tuple(logits.shape)}")
-    t = _target_tensor(targets, x.shape[0], logits.shape[1], logits.device)
-    score = _plain(logits).gather(1, t[:, None]).sum()  # images are independent: one backward for all
-    grads = torch.autograd.grad(score, acts, allow_unused=True) if score.requires_grad else [None]
-    for g, l in zip(grads, layers):
-        if g is None:
-            raise ValueError(f"the model's scores do not depend on the output of {type(l).__name__}; "
-                             "pick a layer on the path from the input to the scores")
-    maps = [_gradcam_map(_plain(a.detach()), _plain(g), relu) for a, g in zip(acts, grads)]
-    return maps if many else maps[0]
-
-
-def _gradcam_map(act: torch.Tensor, grad: torch.Tensor, relu: bool) -> torch.Tensor:
-    n, k, h, w = act.shape
-    weights = grad.mean(dim=(2, 3))                       # [N, K]: one weight per channel
-    m = torch.bmm(weights[:, None], act.reshape(n, k, h * w)).view(n, h, w)  # sum_k w_k A_k
-    return m.clamp_min_(0) if relu else m
+    return gradient_cam(model, x, layer, targets, gradcam_weights, relu, "gradcam")
 
 
 # ---------------------------------------------------------------- CAM

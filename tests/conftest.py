@@ -22,7 +22,7 @@ def learn():
 def graded(tmp_path_factory, learn):
     """Every lesson graded by serial `nbgrader autograde` (a real kernel per notebook) for three
     students: `solver` hands in the solutions, `blank` the release untouched, `onewrong` the
-    solutions with one exercise broken (classroom.ONE_WRONG). Returns (course, scores) where
+    solutions with one exercise broken in some lessons (classroom.ONE_WRONG). Returns (course, scores) where
     scores[(student, lesson)] = {grade_id: (score, max_score)}. The course keeps a copy of the
     gradebook as it was before autograding, `gradebook-generated.db`, for other graders."""
     course = classroom.new_course(tmp_path_factory.mktemp("course"), lessons())
@@ -30,13 +30,13 @@ def graded(tmp_path_factory, learn):
     for lesson in lessons():
         for student, origin in (("solver", course / "source"), ("blank", course / "release")):
             shutil.copytree(origin / lesson, course / "submitted" / student / lesson)
-    lesson, grade_id, wrong = classroom.ONE_WRONG
-    shutil.copytree(course / "source" / lesson, course / "submitted" / "onewrong" / lesson)
-    path = classroom.notebook_path(course / "submitted" / "onewrong", lesson)
-    nb = classroom.nbformat.read(path, as_version=4)
-    cell, = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id]
-    cell.source = wrong
-    classroom.write(nb, path)
+    for lesson, grade_id, wrong in classroom.ONE_WRONG:
+        shutil.copytree(course / "source" / lesson, course / "submitted" / "onewrong" / lesson)
+        path = classroom.notebook_path(course / "submitted" / "onewrong", lesson)
+        nb = classroom.nbformat.read(path, as_version=4)
+        cell, = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id]
+        cell.source = wrong
+        classroom.write(nb, path)
     for lesson in lessons():
         classroom.nbgrader(course, "autograde", lesson, "--create", "--force")
     return course, classroom.scores(course)

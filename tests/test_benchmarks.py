@@ -14,8 +14,8 @@ from benchmarks import gradcam as bench  # noqa: E402
 from test_hooks import n_hooks  # noqa: E402
 
 
-def maps_of(name, model, layer, x, t):
-    call, close = bench.make_method(name, model, layer)
+def maps_of(name, model, layer, x, t, cam="gradcam"):
+    call, close = bench.make_method(name, model, layer, cam)
     try:
         out = call(x, t)
     finally:
@@ -39,6 +39,24 @@ def test_every_method_computes_the_same_maps(layer_name):
     floor_grad = bench.floor(model, x, layer, t)
     assert floor_grad.shape[-2:] == ours.shape[-2:]
     assert n_hooks(model) == 0
+
+
+@pytest.mark.parametrize("cam", ["gradcampp", "layercam", "scorecam"])
+def test_every_method_of_the_family_is_timed_against_both_peers(cam):
+    """Each implementation of each method runs, leaves no hook; torch-cam's raw maps are ours
+    for LayerCAM (Grad-CAM++ and Score-CAM differ by design: see tests/test_cam_variants.py)."""
+    model, layer, x, t = bench.build_case("toy", "last", 2)
+    assert bench.FAMILY[cam][-2:] == ["pytorch-grad-cam", "torch-cam"]
+    for name in bench.FAMILY[cam]:
+        seconds, _ = bench.sample(name, model, layer, x, t, calls=1, cam=cam)
+        assert seconds > 0 and n_hooks(model) == 0
+    if cam == "layercam":
+        model, layer, x, t = bench.build_case("resnet18", "layer3", 2)
+        x = x[:, :, :64, :64]
+        ours = maps_of("course_utils", model, layer, x, t, cam)
+        assert torch.allclose(maps_of("torch-cam", model, layer, x, t, cam), ours, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="captum"):
+        bench.make_method("captum", model, layer, cam)
 
 
 def test_a_sample_leaves_no_hook_and_reports_time_and_memory():
@@ -66,6 +84,8 @@ def test_summary_ratios_pair_methods_within_a_round():
     t = bench.summarize(rounds)
     assert t["ours/peer"] == pytest.approx(0.9) and t["ours/floor"] == pytest.approx(0.9)
     assert t["course_utils"] == pytest.approx(1.8)      # the median of the drifting times
+    no_floor = bench.summarize([{k: v for k, v in r.items() if k != "floor"} for r in rounds])
+    assert math.isnan(no_floor["ours/floor"]) and no_floor["ours/peer"] == pytest.approx(0.9)
 
 
 def test_the_grading_benchmark_counts_the_memory_of_child_processes():

@@ -20,7 +20,7 @@ from release import lessons, release  # noqa: E402
 
 LESSONS = lessons()
 EXPECTED = ["01_setup", "02_forward_hooks", "03_context_managers", "04_cam", "05_gradcam",
-            "06_inner_layers", "07_keepdim", "08_any_model", "09_questionnaire", "10_nlp"]
+            "06_inner_layers", "07_keepdim", "08_any_model", "09_questionnaire", "10_nlp", "11_trust"]
 
 
 def nbgrader_meta(cell) -> dict:
@@ -112,9 +112,9 @@ def test_untouched_release_scores_zero(graded, lesson):
     assert sum(score for score, _ in scores[("blank", lesson)].values()) == 0
 
 
-def test_one_wrong_exercise_loses_exactly_its_points(graded):
+@pytest.mark.parametrize("lesson, grade_id", [b[:2] for b in BROKEN])
+def test_one_wrong_exercise_loses_exactly_its_points(graded, lesson, grade_id):
     _, scores = graded
-    lesson, grade_id, _ = BROKEN
     cells = scores[("onewrong", lesson)]
     broken = f"test_{grade_id}"
     assert broken in cells, f"no test cell named {broken}"

@@ -21,8 +21,13 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("correct", "partly", "blank", "stripped")
-# The exercise the `onewrong` student of the tests breaks: (lesson, answer cell, what they typed).
-ONE_WRONG = ("01_setup", "is_cat", "def is_cat(name):\n    return name[0].islower()\n")
+# What the `onewrong` student of the tests breaks: (lesson, answer cell, what they typed), one exercise per lesson.
+ONE_WRONG = [("01_setup", "is_cat", "def is_cat(name):\n    return name[0].islower()\n"),
+             ("11_trust", "spearman_rank",      # Pearson of the values: no ranks
+              "def average_ranks(v):\n    return v.flatten().double()\n\n"
+              "def spearman_rank(a, b):\n    a, b = a.flatten().double(), b.flatten().double()\n"
+              "    a, b = a - a.mean(), b - b.mean()\n"
+              "    return float((a * b).sum() / (a.square().sum() * b.square().sum()).sqrt())\n")]
 _MARKERS = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*\n?", re.M)
 
 
