@@ -10,8 +10,9 @@ venv:
 demo:
 	@$(RUN) -m course_utils demo --out outputs
 
+# The browser tests need Debian's chromium: tools/browser.sh installs it (or says how) before the suite.
 test:
-	@$(RUN) -m pytest -q
+	@export CHROMIUM=$$(tools/browser.sh || true) && $(RUN) -m pytest -q
 
 bench:
 	@$(RUN) benchmarks/gradcam.py

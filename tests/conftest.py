@@ -1,4 +1,5 @@
 """Shared fixtures: the default offline model, and one nbgrader course graded by real nbgrader."""
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +17,16 @@ def learn():
     """The course's default Learner (offline: compact_cnn on SynthPets, from the on-disk cache)."""
     from course_utils.model import get_learner
     return get_learner(online=False)   # tests never download, whatever $COURSE_ONLINE says
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of Debian's chromium for the browser tests; never skipped (CI must run them)."""
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("the browser tests need Debian's chromium: run them with `make test` (it installs it "
+                    "with tools/browser.sh) or `sudo apt-get install chromium`")
+    return path
 
 
 @pytest.fixture(scope="session")
