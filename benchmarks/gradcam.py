@@ -15,7 +15,7 @@ cost varies from call to call (page faults when its graph holds more memory), an
 sample would hide exactly that. A second table gives each method's peak memory.
 
     make bench            # or: PYTHONPATH=. python benchmarks/gradcam.py [--quick] [--overhead]
-    PYTHONPATH=. python benchmarks/gradcam.py --method layercam   # gradcampp, layercam, scorecam, all
+    PYTHONPATH=. python benchmarks/gradcam.py --method gradcampp layercam scorecam   # or all
 
 For the other methods the floor is the same forward and `autograd.grad` (what any gradient CAM
 must do); Score-CAM has no floor. Score-CAM runs one forward pass per channel and image, so it is
@@ -304,15 +304,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="default model only, 5 rounds")
     parser.add_argument("--overhead", action="store_true", help="only the fixed cost per call")
     parser.add_argument("--rounds", type=int, help="rounds per row (default 21, or 5 with --quick)")
-    parser.add_argument("--method", choices=[*FAMILY, "all"], default="gradcam",
-                        help="which CAM method to time (default gradcam; all: every method, one after the other)")
+    parser.add_argument("--method", nargs="+", choices=[*FAMILY, "all"], default=["gradcam"],
+                        help="which CAM method(s) to time, one after the other (default gradcam; all: every method)")
     args = parser.parse_args()
     rounds = args.rounds if args.rounds is not None else (5 if args.quick else 21)
     if rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.overhead:
         return overhead(rounds)
-    for cam in FAMILY if args.method == "all" else [args.method]:
+    for cam in FAMILY if "all" in args.method else dict.fromkeys(args.method):
         table(args.quick, rounds, cam)
         print()
 
