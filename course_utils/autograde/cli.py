@@ -38,6 +38,34 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help=f"nbgrader course directory (default: {DEFAULT_COURSE})")
     p.add_argument("--to", type=Path, required=True, metavar="FILE.csv", help="where to write the CSV")
     p.set_defaults(run=_export)
+    p = sub.add_parser("collect", help="place what students handed in (folders, zips, LMS downloads) into submitted/",
+                       description="SOURCE: a folder, zip or notebook: one file or folder per student, a Canvas or "
+                                   "Moodle bulk download, zips inside zips. The latest file of each student wins; "
+                                   "a different submission already in place is kept if newer, else moved to replaced/.")
+    p.add_argument("lesson", metavar="LESSON", help="assignment name, e.g. 05_gradcam")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="folder(s), zip(s) or notebook(s)")
+    p.add_argument("--roster", type=Path, help="nbgrader's student CSV (id,first_name,last_name,email); "
+                                               "without it, the names in the files become the ids")
+    p.add_argument("--replace", action="store_true", help="use these files even where an already placed one is newer")
+    _course_option(p)
+    p.set_defaults(run=_collect)
+
+
+def _course_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--course", type=Path, default=DEFAULT_COURSE,
+                   help=f"nbgrader course directory (default: {DEFAULT_COURSE})")
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from .collect import collect
+    from .gradebook import Course
+    from .roster import import_roster, read_roster
+    roster = read_roster(args.roster) if args.roster else None
+    report = collect(args.lesson, args.sources, args.course, roster=roster, replace=args.replace)
+    if roster:
+        import_roster(Course.open(args.course), roster)
+    print(report.table())
+    return 0
 
 
 def _grade(args: argparse.Namespace) -> int:
