@@ -176,12 +176,13 @@ def _scan_folder(folder: Path, budget: _Budget, out: list[Unplaced]) -> Iterator
     entries = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).parts
+        shown = "/".join((folder.name, *rel))          # what the report calls it
         if path.is_symlink():
-            out.append(Unplaced(str(path), "a symbolic link: not followed"))
+            out.append(Unplaced(shown, "a symbolic link: not followed"))
         elif path.is_file() and path.suffix.lower() == ".zip" and not _system(rel):
-            entries.extend(_scan_zip(path, str(path), rel[:-1] + (path.stem,), 1, budget, out))
+            entries.extend(_scan_zip(path, shown, rel[:-1] + (path.stem,), 1, budget, out))
         elif path.is_file():
-            entries.append(_Entry(str(path), rel, _utc(path.stat().st_mtime), path.read_bytes))
+            entries.append(_Entry(shown, rel, _utc(path.stat().st_mtime), path.read_bytes))
     return iter(_wrapped(entries))
 
 
@@ -189,9 +190,9 @@ def _scan(source: Path, budget: _Budget, out: list[Unplaced]) -> Iterator[_Entry
     if source.is_dir():
         return _scan_folder(source, budget, out)
     if source.is_file() and zipfile.is_zipfile(source):
-        return _scan_zip(source, str(source), (), 0, budget, out)
+        return _scan_zip(source, source.name, (), 0, budget, out)
     if source.is_file() and source.suffix.lower() == ".ipynb":
-        return iter([_Entry(str(source), (source.name,), _utc(source.stat().st_mtime), source.read_bytes)])
+        return iter([_Entry(source.name, (source.name,), _utc(source.stat().st_mtime), source.read_bytes)])
     raise ValueError(f"{source} is not a folder, a zip or a notebook: pass what the students handed in")
 
 

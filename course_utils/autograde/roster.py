@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import os
 import re
+import unicodedata
 from pathlib import Path
 
 ROSTER_COLUMNS = ("id", "first_name", "last_name", "email")
@@ -32,9 +33,14 @@ class Student:
         return keys - {""}
 
 
+def _ascii(name: str) -> str:
+    """'Björn' -> 'bjorn': accents dropped (LMS logins drop them), lower case."""
+    return unicodedata.normalize("NFKD", name.casefold()).encode("ascii", "ignore").decode()
+
+
 def squash(name: str) -> str:
-    """'Jane Doe', 'jane_doe', 'Jane-Doe' -> 'janedoe': how names are compared."""
-    return re.sub(r"[^0-9a-z]", "", name.casefold())
+    """'Jane Doe', 'jane_doe', 'Jane-Doe' -> 'janedoe', 'Björn' -> 'bjorn': how names are compared."""
+    return re.sub(r"[^0-9a-z]", "", _ascii(name))
 
 
 def check_id(student_id: str) -> str:
@@ -46,7 +52,7 @@ def check_id(student_id: str) -> str:
 
 def id_from_name(name: str) -> str:
     """A student id made from a name when there is no roster: 'Jane Doe' -> 'jane_doe'."""
-    return re.sub(r"[^0-9a-z]+", "_", name.casefold()).strip("_")[:100]
+    return re.sub(r"[^0-9a-z]+", "_", _ascii(name)).strip("_")[:100]
 
 
 @dataclasses.dataclass(frozen=True)
