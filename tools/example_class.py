@@ -88,13 +88,17 @@ def _stamp(day: int, hour: int) -> tuple:
     return (2026, 11, day, hour, 0, 0)
 
 
+def _handing_in(lesson: str):
+    """(position, first name, last name, LMS user id, plan) of each student who hands in this lesson."""
+    for n, (sid, first, last, uid) in enumerate(STUDENTS):
+        if PLANS[sid].get(lesson):
+            yield n, first, last, uid, PLANS[sid][lesson]
+
+
 def canvas_entries(lesson: str) -> dict[str, tuple[bytes, tuple]]:
     """Canvas bulk download: one entry per upload, named lastnamefirstname_userid_submissionid_file."""
     entries = {}
-    for n, (sid, first, last, uid) in enumerate(STUDENTS):
-        plan = PLANS[sid].get(lesson)
-        if not plan:
-            continue
+    for n, first, last, uid, plan in _handing_in(lesson):
         login = squash(last + first)                  # Canvas logins: lastnamefirstname, ASCII
         late = "_LATE" if plan == "late" else ""
         name = f"Copy of {lesson} (1).ipynb" if plan == "renamed" else f"{lesson}.ipynb"
@@ -111,10 +115,7 @@ def canvas_entries(lesson: str) -> dict[str, tuple[bytes, tuple]]:
 def moodle_entries(lesson: str) -> dict[str, tuple[bytes, tuple]]:
     """Moodle bulk download: a folder per student and submission plugin, the files inside."""
     entries = {}
-    for n, (sid, first, last, uid) in enumerate(STUDENTS):
-        plan = PLANS[sid].get(lesson)
-        if not plan:
-            continue
+    for n, first, last, uid, plan in _handing_in(lesson):
         folder = f"{first} {last}_{uid}_assignsubmission_file_"
         when = _stamp(22, 9 + n)
         data = _bytes(notebook(lesson, plan))
