@@ -116,7 +116,8 @@ def _answer_of(cells: list, index: int) -> int | None:
 
 def explain(nb: NotebookNode, recorded: dict, events: list[str]) -> list[Lost]:
     """Every graded cell with its points and, if points were lost, the reason in words."""
-    stopped = {int(m[1]): e for e in events if (m := _EVENT_CELL.search(e))}
+    stopped = {int(m[1]): _EVENT_CELL.sub(lambda _: _cell_name(nb.cells, int(m[1])), e)
+               for e in events if (m := _EVENT_CELL.search(e))}
     exercises = []
     for index, cell in enumerate(nb.cells):
         meta = _meta(cell)
@@ -131,6 +132,12 @@ def explain(nb: NotebookNode, recorded: dict, events: list[str]) -> list[Lost]:
             reason = _word(cell, index, nb.cells, str(reason), stopped)
         exercises.append(Lost(gid, score, max_score, reason if score < max_score else ""))
     return exercises
+
+
+def _cell_name(cells: list, index: int) -> str:
+    """'cell 'grad_cam_map'' for an nbgrader cell, 'code cell 22' for another."""
+    gid = _meta(cells[index]).get("grade_id") if 0 <= index < len(cells) else None
+    return f"cell '{gid}'" if gid else f"code cell {index + 1}"
 
 
 def _word(cell, index: int, cells: list, reason: str, stopped: dict[int, str]) -> str:
@@ -167,7 +174,7 @@ def _summary(page: Page) -> str:
            f"<th align=left>points</th><th align=left>why points were lost</th></tr>{rows}</table>" if rows else "")
         + (f"<h3>What happened to the notebook</h3><ul>{notes}</ul>" if notes else "")
         + "<style>#course-summary td{border-top:1px solid #ccc;padding:.3em .6em}"
-          "#course-summary tr.lost td{background:#fde8e8}</style></section>")
+          "#course-summary td:nth-child(2){white-space:nowrap}#course-summary tr.lost td{background:#fde8e8}</style></section>")
 
 
 def _render(course: Course, lesson: str, student: str, notebook: str, nb: NotebookNode) -> str:
@@ -253,6 +260,7 @@ def _student_page(course: Course, lesson: str, student: str, names: list[str], h
         if result and graded.is_file():
             nb = nbformat.read(graded, as_version=4)
             exercises = explain(nb, result.get("cells", {}), result.get("reasons", []))
+            notes = [_EVENT_CELL.sub(lambda m: _cell_name(nb.cells, int(m[1])), n) for n in notes]
             body = _render(course, lesson, student, name, hide_tests(nb))
         else:
             why = notes[0] if notes else "not graded"
