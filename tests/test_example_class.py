@@ -164,3 +164,12 @@ def test_running_it_again_changes_no_grade(run):
     assert all(not c.placed and len(c.unchanged) == 11 for c in again.collected)
     after = json.loads((done.course / "autograded" / "cwei" / "01_setup" / "course-grade.json").read_text())
     assert after == before
+
+
+def test_status_counts_each_lesson(run):
+    from course_utils.autograde.overview import status
+    done, _ = run
+    rows = {r.lesson: r for r in status(done.course)}
+    assert [(r.released, r.collected, r.graded, r.flagged, r.failed, r.to_grade, r.exported)
+            for r in (rows["01_setup"], rows["05_gradcam"])] == [(True, 11, 9, 2, 0, 0, "yes"),
+                                                                  (True, 11, 11, 0, 0, 0, "yes")]

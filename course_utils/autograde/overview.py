@@ -137,7 +137,7 @@ def gradebook_table(course_dir: str | os.PathLike = ".", lessons: list[str] | No
     cells = {lesson: {r["student_id"]: r for r in export_rows(course, lesson)} for lesson in lessons}
     students = sorted(set().union(*cells.values())) if cells else []
     width = max([len("student")] + [len(s) for s in students]) + 2
-    lines = ["student".ljust(width) + "".join(f"{lesson:<22}" for lesson in lessons)]
+    lines = [("student".ljust(width) + "".join(f"{lesson:<22}" for lesson in lessons)).rstrip()]
     for sid in students:
         line = sid.ljust(width)
         for lesson in lessons:
