@@ -244,3 +244,13 @@ def test_an_unknown_lesson_or_source_is_named(course, tmp_path):
         collect("99_x", [tmp_path], course)
     with pytest.raises(ValueError, match="not a folder, a zip or a notebook"):
         collect(LESSON, [tmp_path / "nothing.txt"], course)
+
+
+def test_an_nbgrader_style_tree_is_taken_as_it_is(course, tmp_path):
+    """submitted/<id>/<lesson>/<lesson>.ipynb from another course folder: the lesson folder names no one."""
+    bulk = tmp_path / "exchange.zip"
+    bulk.write_bytes(make_zip({"submitted/jdoe/01_setup/01_setup.ipynb": notebook("jane"),
+                               "submitted/akhan/01_setup/01_setup.ipynb": notebook("ali")}))
+    report = collect(LESSON, [bulk], course, roster=ROSTER)
+    assert sorted(p.student_id for p in report.placed) == ["jdoe", "s102"]
+    assert placed(course, "s102") == notebook("ali")

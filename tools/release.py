@@ -14,23 +14,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from course_utils.autograde import release as _release  # noqa: E402
 from course_utils.autograde.gradebook import Course  # noqa: E402
+from course_utils.autograde.release import lessons as course_lessons, release as release_lessons  # noqa: E402
 
 
 def lessons() -> list[str]:
     """Every assignment in solutions/, in course order (their names start with the lesson number)."""
-    return _release.lessons(Course.open(ROOT))
+    return course_lessons(Course.open(ROOT))
 
 
 def release(names: list[str], release_dir: Path | None = None) -> None:
     """Generate the student version of each lesson into release_dir (default: notebooks/)."""
-    _release.release(ROOT, names, gradebook=False, release_dir=release_dir)
+    release_lessons(ROOT, names, gradebook=False, release_dir=release_dir)
 
 
 if __name__ == "__main__":
     try:
-        done = _release.release(ROOT, sys.argv[1:], gradebook=False)
+        done = release_lessons(ROOT, sys.argv[1:], gradebook=False)
     except ValueError as e:
         raise SystemExit(str(e))
     print(f"released {len(done)} lesson(s) into notebooks/")

@@ -1,4 +1,7 @@
-"""The instructor's verbs (release, collect, grade, feedback, export, status): parse, validate, call the library, map errors to exit codes."""
+"""The instructor's verbs (release, collect, grade, feedback, export, status).
+
+Each parses, validates, calls the library and maps its errors to exit codes.
+"""
 from __future__ import annotations
 
 import argparse

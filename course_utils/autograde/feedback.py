@@ -149,9 +149,10 @@ def _word(cell, index: int, cells: list, reason: str, stopped: dict[int, str]) -
         return f"the answer cell was stopped ({stopped[answer]}), so its test could not pass"
     if _meta(cell).get("solution"):
         return "no answer" if reason in ("", "no answer") else reason
-    if reason.startswith("NotImplementedError") or _error(cells[answer] if answer is not None else None) == "NotImplementedError":
+    ename = _error(cells[answer]) if answer is not None else None
+    if reason.startswith("NotImplementedError") or ename == "NotImplementedError":
         return "no answer yet: the answer cell still raises NotImplementedError"
-    if answer is not None and (ename := _error(cells[answer])):
+    if ename:
         return f"the answer cell raised {ename}, so its test failed ({reason})"
     hidden_from, line = _hidden_from(cell.source), _failed_line(cell)
     which = "a hidden test" if hidden_from and line and line >= hidden_from else "a visible test"

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -52,13 +53,14 @@ def prepare_model(log: Callable[[str], None] = print) -> None:
             "get_learner(online=False, log=lambda m: print(m, flush=True));"
             "print('default model: ' + ('loaded from the cache' if cached else 'trained and cached'), flush=True)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))}
-    with subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as child:
-        for line in child.stdout:
-            log(line.rstrip())
-        errors = child.stderr.read()
-    if child.returncode:
-        raise RuntimeError(f"could not prepare the default model:\n{errors[-2000:]}")
+    with tempfile.TemporaryFile("w+") as errors:      # a file, not a pipe: a chatty stderr cannot block the child
+        with subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=errors,
+                              text=True) as child:
+            for line in child.stdout:
+                log(line.rstrip())
+        if child.returncode:
+            errors.seek(0)
+            raise RuntimeError(f"could not prepare the default model:\n{errors.read()[-2000:]}")
 
 
 @dataclasses.dataclass
