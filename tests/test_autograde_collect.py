@@ -254,3 +254,9 @@ def test_an_nbgrader_style_tree_is_taken_as_it_is(course, tmp_path):
     report = collect(LESSON, [bulk], course, roster=ROSTER)
     assert sorted(p.student_id for p in report.placed) == ["jdoe", "s102"]
     assert placed(course, "s102") == notebook("ali")
+
+
+@pytest.mark.parametrize("lesson", ["../source", "", ".hidden", "a/b"])
+def test_a_lesson_name_that_is_a_path_is_refused(course, tmp_path, lesson):
+    with pytest.raises(ValueError, match="is not a lesson name"):
+        collect(lesson, [tmp_path], course)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .assemble import normalise_name
-from .gradebook import Course, CourseError
+from .gradebook import Course, CourseError, check_lesson
 from .roster import Roster, check_id, id_from_name
 
 MAX_FILE_BYTES = 64 << 20          # one notebook (or nested zip) read from an archive
@@ -268,6 +268,7 @@ def collect(lesson: str, sources: list[str | os.PathLike], course_dir: str | os.
     """Place every student's latest notebook for `lesson` from `sources`; see the module docstring."""
     if not sources:
         raise ValueError("name at least one SOURCE: a folder or zip of what the students handed in")
+    check_lesson(lesson)
     course = Course.open(course_dir)
     notebooks = lesson_notebooks(course, lesson)
     lessons = {x.lower() for x in course.assignments()}

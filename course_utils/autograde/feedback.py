@@ -21,7 +21,7 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from .gradebook import Course, CourseError, read_result, require_gradebook
+from .gradebook import Course, CourseError, check_lesson, read_result, require_gradebook
 
 HIDDEN = re.compile(r"^[ \t]*#+[ \t]*BEGIN HIDDEN TESTS.*?(?:^[ \t]*#+[ \t]*END HIDDEN TESTS[^\n]*$|\Z)", re.M | re.S)
 HIDDEN_NOTE = "# (hidden tests: run by the grader, not shown)"
@@ -52,6 +52,7 @@ class Page:
 
     @property
     def lost(self) -> tuple[Lost, ...]:
+        """The exercises where points were lost (or wait for a person)."""
         return tuple(e for e in self.exercises if e.score is None or e.score < e.max_score)
 
 
@@ -221,6 +222,7 @@ def _notes(result: dict | None, handed_in: bool, lesson: str) -> list[str]:
 def feedback(lesson: str, course_dir: str | os.PathLike = ".", students: list[str] | None = None) -> list[Page]:
     """Write feedback/<student>/<lesson>/<notebook>.html for every student (default: all known)."""
     from .gradebook import students as gradebook_students
+    check_lesson(lesson)
     course = Course.open(course_dir)
     require_gradebook(course, f"course grade {lesson}")
     names = _notebooks(course, lesson)

@@ -85,6 +85,13 @@ class Course:
         return Gradebook(self.db_url)
 
 
+def check_lesson(name: str) -> str:
+    """Return the lesson name if it is a plain folder name, else raise ValueError naming the fix."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"'{name}' is not a lesson name (a folder name in the course's source folder, e.g. 05_gradcam)")
+    return name
+
+
 def nbgrader_env(course: Course) -> dict:
     """Environment for nbgrader subprocesses: this Python's bin on PATH (nbgrader runs `alembic`)."""
     here = str(Path(sys.executable).parent)

@@ -11,6 +11,10 @@ import os
 import re
 import unicodedata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .gradebook import Course
 
 ROSTER_COLUMNS = ("id", "first_name", "last_name", "email")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
@@ -61,6 +65,7 @@ class Roster:
     students: tuple[Student, ...]
 
     def ids(self) -> list[str]:
+        """The students' ids, in roster order."""
         return [s.id for s in self.students]
 
     def identify(self, name: str) -> Student | None:
@@ -94,7 +99,7 @@ def read_roster(path: str | os.PathLike) -> Roster:
     return Roster(tuple(students))
 
 
-def import_roster(course, roster: Roster) -> None:
+def import_roster(course: "Course", roster: Roster) -> None:
     """Add (or update) every roster student in the course's gradebook, as `nbgrader db student import` does."""
     with course.gradebook() as gb:
         for s in roster.students:
