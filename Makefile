@@ -3,12 +3,17 @@
 SHELL := /bin/bash
 RUN = venv=$$(tools/venv.sh) && PYTHONPATH=$(CURDIR) "$$venv/bin/python"
 
-.PHONY: demo test bench venv lab release nbgrader
+.PHONY: demo figure test bench venv lab release nbgrader
 venv:
 	@tools/venv.sh
 
+# The whole instructor workflow on examples/class/ in outputs/example-class/ (rerunning reuses it).
 demo:
-	@$(RUN) -m course_utils demo --out outputs
+	@$(RUN) -m course_utils demo --out outputs/example-class
+
+# The Grad-CAM figure of one validation image: outputs/gradcam.png.
+figure:
+	@$(RUN) -m course_utils figure --out outputs
 
 # The browser tests need Debian's chromium: tools/browser.sh installs it (or says how) before the suite.
 test:

@@ -1,4 +1,8 @@
-"""The `course` command: `course demo` draws Grad-CAM; `course grade` and `course export` grade.
+"""The `course` command: the instructor's verbs; `course demo` runs them all on the example class.
+
+`course release / collect / grade / feedback / export / status` are the instructor's week;
+`course demo` runs that week on `examples/class/` in a scratch course folder (what `make demo`
+does); `course figure` draws the Grad-CAM figure of one validation image (the former `demo`).
 
 Thin by design: parse, validate, call the library, turn its errors into an exit code. Installed
 as the `course` console script; `python -m course_utils` is the same command.
@@ -11,7 +15,7 @@ import time
 from pathlib import Path
 
 
-def demo(out: Path, online: bool | None = None, index: int = 0) -> Path:
+def figure(out: Path, online: bool | None = None, index: int = 0) -> Path:
     """Build (or load) the default data and model, and save Grad-CAM of one validation image."""
     import warnings
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")  # fastai's import
@@ -59,12 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     from .autograde.cli import add_commands
     parser = argparse.ArgumentParser(prog="course", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="build data and model (offline default), save a Grad-CAM figure")
+    p = sub.add_parser("demo", help="the whole instructor workflow on the example class (what `make demo` runs)",
+                       description="In a scratch course folder: load or train the default model, release, collect "
+                                   "examples/class/*.zip with its roster, grade in the sandbox, write feedback pages "
+                                   "and grades.csv, print the gradebook. Rerunning reuses what is done.")
+    p.add_argument("--out", type=Path, default=Path("outputs") / "example-class", help="the scratch course folder")
+    p.add_argument("--workers", type=int, default=None, help="parallel sandboxed workers (default: CPU cores)")
+    p.set_defaults(run=_demo)
+    p = sub.add_parser("figure", help="build data and model (offline default), save a Grad-CAM figure")
     p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for gradcam.png")
     p.add_argument("--online", action="store_true",
                    help="real PETS + pretrained resnet34 (needs internet; default: offline SynthPets)")
     p.add_argument("--index", type=int, default=0, help="which validation image to explain")
-    p.set_defaults(run=_demo)
+    p.set_defaults(run=_figure)
     add_commands(sub)
     args = parser.parse_args(argv)
     try:
@@ -74,7 +85,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _demo(args: argparse.Namespace) -> int:
-    path = demo(args.out, online=args.online or None, index=args.index)
+def _figure(args: argparse.Namespace) -> int:
+    path = figure(args.out, online=args.online or None, index=args.index)
     print(f"wrote {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import warnings
+    from .autograde.workflow import run_example
+    warnings.filterwarnings("ignore", module="nbgrader")
+    warnings.filterwarnings("ignore", message=".*not in session.*")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    done = run_example(args.out, workers=args.workers, log=lambda m: print(m, flush=True))
+    print("\nGradebook (score/max status):\n" + done.table)
+    flagged = [p for p in done.pages if p.status in ("flagged", "failed")]
+    print(f"\nfeedback pages: {done.course / 'feedback'}/<student>/<lesson>/<lesson>.html ({len(done.pages)} pages)"
+          + "".join(f"\n  {p.status}: {p.path}" for p in flagged))
+    print(f"grades for the LMS: {done.grades_csv}")
     return 0

@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -130,10 +131,31 @@ def _ready(learn):
     return learn
 
 
+def _epoch_logger(log: Callable[[str], None], epochs: int):
+    """A fastai callback that reports each finished epoch through `log` (it reads, never changes, training)."""
+    from fastai.callback.core import Callback
+    from fastai.learner import Recorder
+
+    class EpochLog(Callback):
+        order = Recorder.order + 1          # after the Recorder has the epoch's metrics
+
+        def before_fit(self):
+            self.start = time.perf_counter()
+
+        def after_epoch(self):
+            values = self.learn.recorder.values[-1] if self.learn.recorder.values else []
+            accuracy = f", validation accuracy {values[-1]:.3f}" if values else ""
+            log(f"  epoch {self.epoch + 1}/{epochs}{accuracy} ({time.perf_counter() - self.start:.0f} s)")
+    return EpochLog()
+
+
 def get_learner(online: bool | None = None, *, n: int = DEFAULT_N, size: int = DEFAULT_SIZE,
                 epochs: int = EPOCHS, lr: float = LR, bs: int = BS, seed: int = TRAIN_SEED,
-                use_cache: bool = True):
-    """A trained Learner: compact_cnn on SynthPets (trained once, then cached) or, online, the book's resnet34."""
+                use_cache: bool = True, log: Callable[[str], None] | None = None):
+    """A trained Learner: compact_cnn on SynthPets (trained once, then cached) or, online, the book's resnet34.
+
+    `log` (e.g. print) hears what takes time: generating the data and each training epoch.
+    """
     if use_online(online):
         from fastai.vision.all import error_rate, resnet34, vision_learner
         learn = vision_learner(get_dls(online=True), resnet34, metrics=error_rate)
@@ -142,7 +164,10 @@ def get_learner(online: bool | None = None, *, n: int = DEFAULT_N, size: int = D
     from fastai.vision.all import set_seed
     config = train_config(n, size, epochs, lr, bs, seed)
     file = model_cache_file(config)
-    path = synth_pets(cache_dir() / default_folder_name(n, size, DEFAULT_SEED), n, size, DEFAULT_SEED)
+    folder = cache_dir() / default_folder_name(n, size, DEFAULT_SEED)
+    if log and not folder.is_dir():
+        log(f"generating SynthPets ({n} images, {size} px) in {folder} (a few seconds, once)")
+    path = synth_pets(folder, n, size, DEFAULT_SEED)
     if use_cache and file.exists():
         learn = _offline_learner(get_dls(path, size, bs, online=False), size)
         learn.model.load_state_dict(torch.load(file, map_location="cpu"))
@@ -150,8 +175,10 @@ def get_learner(online: bool | None = None, *, n: int = DEFAULT_N, size: int = D
     set_seed(seed, reproducible=True)   # seeds the split shuffles, the weight init and the batches
     learn = _offline_learner(get_dls(path, size, bs, online=False), size)
     start = time.perf_counter()
+    if log:
+        log(f"training the default model once ({epochs} epochs, about 40 s on 2 cores; cached in {file.parent})")
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(epochs, lr)
+        learn.fit_one_cycle(epochs, lr, cbs=[_epoch_logger(log, epochs)] if log else None)
         seconds = time.perf_counter() - start
         epochs_log = [[float(v) for v in row] for row in learn.recorder.values]
         valid = learn.validate()

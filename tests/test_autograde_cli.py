@@ -26,7 +26,7 @@ def empty_course(tmp_path):
 def test_help_lists_the_verbs():
     done = course("--help")
     assert done.returncode == 0
-    for verb in ("demo", "grade", "export"):
+    for verb in ("demo", "grade", "export", "release", "collect", "feedback", "status"):
         assert verb in done.stdout
 
 
@@ -38,6 +38,12 @@ def test_help_lists_the_verbs():
     (["grade", "01_setup", "--workers", "0"], "--workers must be at least 1"),
     (["grade", "01_setup", "--memory", "10"], "--memory at least 256"),
     (["export", "01_setup", "--to", "grades.csv"], "no gradebook yet"),
+    (["export", "--to", "grades.csv"], "no gradebook yet"),
+    (["export", "01_setup", "--all", "--to", "grades.csv"], "either ASSIGNMENT or --all"),
+    (["collect", "99_nope", "x.zip"], "no lesson '99_nope'"),
+    (["collect", "01_setup", "x.zip", "--roster", "nope.csv"], "nope.csv does not exist"),
+    (["feedback", "01_setup"], "no gradebook yet"),
+    (["release", "99_nope"], "no such lesson"),
 ])
 def test_bad_input_gets_a_clear_error_and_writes_nothing(empty_course, args, message):
     before = sorted(p.relative_to(empty_course) for p in empty_course.rglob("*"))

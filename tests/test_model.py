@@ -128,3 +128,16 @@ def test_cache_key_covers_the_config():
     assert model_cache_file(train_config(epochs=3)) != base
     assert model_cache_file(train_config(lr=1e-3)) != base
     assert model_cache_file(train_config(n=600)) != base
+
+
+def test_training_reports_each_epoch_and_the_report_changes_nothing(tmp_path, monkeypatch):
+    """Does `log` hear the data generation and every epoch, and are the weights those of a silent run?"""
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    heard: list[str] = []
+    small = dict(online=False, n=64, size=112, epochs=2, use_cache=False)
+    loud = get_learner(**small, log=heard.append)
+    silent = get_learner(**small)
+    assert "generating SynthPets" in heard[0] and "training the default model" in heard[1]
+    assert [line.split(",")[0].strip() for line in heard[2:]] == ["epoch 1/2", "epoch 2/2"]
+    a, b = loud.model.state_dict(), silent.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

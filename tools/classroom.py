@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,12 +89,8 @@ def write(nb, path: Path) -> Path:
 
 def new_course(folder: Path, lessons: list[str], root: Path = ROOT, generate: bool = True) -> Path:
     """A scratch nbgrader course: the lessons' sources, the repository's settings, the gradebook."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for lesson in lessons:
-        shutil.copytree(root / "solutions" / lesson, folder / "source" / lesson, dirs_exist_ok=True)
-    settings = (root / "nbgrader_config.py").read_text()
-    (folder / "nbgrader_config.py").write_text(
-        settings + '\nc.CourseDirectory.source_directory = "source"\nc.CourseDirectory.release_directory = "release"\n')
+    from course_utils.autograde.workflow import new_course as scratch_course
+    scratch_course(folder, lessons, root)
     if generate:
         for lesson in lessons:
             nbgrader(folder, "generate_assignment", lesson, "--force")

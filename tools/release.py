@@ -2,39 +2,35 @@
 
     make release          # or: python tools/release.py [lesson ...]
 
-Runs `nbgrader generate_assignment --no-db --force` once per lesson from the repository root
-(see nbgrader_config.py), so solutions are replaced by stubs, hidden tests are removed and outputs
-cleared. notebooks/ is never edited by hand; tests/test_notebooks.py checks it is up to date.
+The work is `course_utils.autograde.release` (what `course release` runs), here without the
+gradebook, so the repository gets no gradebook.db: solutions are replaced by stubs, hidden tests
+are removed and outputs cleared. notebooks/ is never edited by hand; tests/test_notebooks.py
+checks it is up to date.
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from course_utils.autograde.gradebook import Course  # noqa: E402
+from course_utils.autograde.release import lessons as course_lessons, release as release_lessons  # noqa: E402
 
 
 def lessons() -> list[str]:
     """Every assignment in solutions/, in course order (their names start with the lesson number)."""
-    return sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and any(p.glob("*.ipynb")))
+    return course_lessons(Course.open(ROOT))
 
 
 def release(names: list[str], release_dir: Path | None = None) -> None:
     """Generate the student version of each lesson into release_dir (default: notebooks/)."""
-    extra = [f"--CourseDirectory.release_directory={release_dir}"] if release_dir else []
-    for name in names:
-        cmd = [sys.executable, "-m", "nbgrader", "generate_assignment", name, "--no-db", "--force",
-               "--log-level=WARN", *extra]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"generate_assignment {name} failed:\n{done.stdout}\n{done.stderr}")
+    release_lessons(ROOT, names, gradebook=False, release_dir=release_dir)
 
 
 if __name__ == "__main__":
-    wanted = sys.argv[1:] or lessons()
-    unknown = sorted(set(wanted) - set(lessons()))
-    if unknown:
-        raise SystemExit(f"no such lesson in solutions/: {', '.join(unknown)}; choose from {', '.join(lessons())}")
-    release(wanted)
-    print(f"released {len(wanted)} lesson(s) into notebooks/")
+    try:
+        done = release_lessons(ROOT, sys.argv[1:], gradebook=False)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    print(f"released {len(done)} lesson(s) into notebooks/")

@@ -1,13 +1,22 @@
-"""The grading engine behind `course grade` and `course export`.
+"""The instructor's workflow behind the `course` command: release, collect, grade, feedback, export, status.
 
-One module per step: `assemble` (the instructor's notebook with the student's answers), `scan`
-(flags for a person), `sandbox` (what a run may touch), `execute` (sandboxed runs in forked
-children), `worker` (the process that pays the imports once), `score` (nbgrader's rule, with
-reasons), `gradebook` (nbgrader's gradebook and course folder), `grade` (the whole run), `cli`.
+One module per step: `release` (student notebooks and gradebook entries), `roster` and `collect`
+(what students hand in, placed where nbgrader expects it), the grading engine — `assemble` (the
+instructor's notebook with the student's answers), `scan` (flags for a person), `sandbox` (what a
+run may touch), `execute` (sandboxed runs in forked children), `worker` (the process that pays the
+imports once), `score` (nbgrader's rule, with reasons), `gradebook` (nbgrader's gradebook and course
+folder), `grade` (the whole run) —, `feedback` (pages that explain), `overview` (grades of every
+lesson, status), `workflow` (all of it on the example class) and `cli`.
 """
+from .collect import Collected, collect
+from .feedback import feedback
 from .gradebook import EXPORT_COLUMNS, Course, CourseError, export_rows
 from .grade import Report, Result, SandboxUnavailable, grade
+from .overview import grade_rows, status
+from .release import release
+from .roster import Roster, read_roster
 from .sandbox import Limits
 
 __all__ = ["grade", "export_rows", "Report", "Result", "Limits", "Course", "CourseError",
-           "SandboxUnavailable", "EXPORT_COLUMNS"]
+           "SandboxUnavailable", "EXPORT_COLUMNS", "collect", "Collected", "feedback", "release",
+           "grade_rows", "status", "Roster", "read_roster"]

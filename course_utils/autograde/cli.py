@@ -1,8 +1,10 @@
-"""`course grade` and `course export`: parse, validate, call the library, map errors to exit codes."""
+"""The instructor's verbs (release, collect, grade, feedback, export, status).
+
+Each parses, validates, calls the library and maps its errors to exit codes.
+"""
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -19,8 +21,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "Several assignments share one pool of workers.")
     p.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="assignment name(s), e.g. 05_gradcam")
     p.add_argument("--all", action="store_true", help="every assignment in the course's source folder")
-    p.add_argument("--course", type=Path, default=DEFAULT_COURSE,
-                   help=f"nbgrader course directory (default: {DEFAULT_COURSE})")
+    _course_option(p)
     p.add_argument("--workers", type=int, default=None, help="parallel sandboxed workers (default: CPU cores)")
     p.add_argument("--force", action="store_true", help="regrade submissions that are already graded")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler instead of local workers")
@@ -31,13 +32,58 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory", type=int, default=4096, help="MB of memory per notebook run (default 4096)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_grade)
-    p = sub.add_parser("export", help="write one CSV row per student for an assignment",
-                       description="Columns: student_id, assignment, score, max_score, status, reasons.")
-    p.add_argument("assignment", help="assignment name, e.g. 05_gradcam")
-    p.add_argument("--course", type=Path, default=DEFAULT_COURSE,
-                   help=f"nbgrader course directory (default: {DEFAULT_COURSE})")
+    p = sub.add_parser("export", help="write the grades as CSV: every lesson (one row per student), or one lesson",
+                       description="Without ASSIGNMENT (or with --all): one row per student of the roster and the "
+                                   "gradebook, one score column per lesson plus total, as an LMS gradebook import "
+                                   "wants. With ASSIGNMENT: student_id, assignment, score, max_score, status, reasons.")
+    p.add_argument("assignment", nargs="?", metavar="ASSIGNMENT", help="one assignment, e.g. 05_gradcam")
+    p.add_argument("--all", action="store_true", help="every lesson in the gradebook (the default without ASSIGNMENT)")
+    _course_option(p)
     p.add_argument("--to", type=Path, required=True, metavar="FILE.csv", help="where to write the CSV")
     p.set_defaults(run=_export)
+    p = sub.add_parser("release", help="generate the student notebooks and the gradebook entries from the sources",
+                       description="nbgrader generate_assignment for each lesson: solutions become stubs, hidden "
+                                   "tests are removed, outputs cleared; the gradebook records cells and points.")
+    p.add_argument("lessons", nargs="*", metavar="LESSON", help="lesson(s) to release (default: all)")
+    _course_option(p)
+    p.set_defaults(run=_release)
+    p = sub.add_parser("feedback", help="write one HTML feedback page per student, with why each point was lost",
+                       description="feedback/<student>/<LESSON>/<notebook>.html: nbgrader's feedback with a summary "
+                                   "on top; hidden tests are never shown. Students with nothing get a page too.")
+    p.add_argument("lesson", metavar="LESSON", help="assignment name, e.g. 05_gradcam")
+    _course_option(p)
+    p.set_defaults(run=_feedback)
+    p = sub.add_parser("status", help="per lesson: released, collected, graded, flagged, failed, exported")
+    _course_option(p)
+    p.set_defaults(run=_status)
+    p = sub.add_parser("collect", help="place what students handed in (folders, zips, LMS downloads) into submitted/",
+                       description="SOURCE: a folder, zip or notebook: one file or folder per student, a Canvas or "
+                                   "Moodle bulk download, zips inside zips. The latest file of each student wins; "
+                                   "a different submission already in place is kept if newer, else moved to replaced/.")
+    p.add_argument("lesson", metavar="LESSON", help="assignment name, e.g. 05_gradcam")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="folder(s), zip(s) or notebook(s)")
+    p.add_argument("--roster", type=Path, help="nbgrader's student CSV (id,first_name,last_name,email); "
+                                               "without it, the names in the files become the ids")
+    p.add_argument("--replace", action="store_true", help="use these files even where an already placed one is newer")
+    _course_option(p)
+    p.set_defaults(run=_collect)
+
+
+def _course_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--course", type=Path, default=DEFAULT_COURSE,
+                   help=f"nbgrader course directory (default: {DEFAULT_COURSE})")
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from .collect import collect
+    from .gradebook import Course
+    from .roster import import_roster, read_roster
+    roster = read_roster(args.roster) if args.roster else None
+    report = collect(args.lesson, args.sources, args.course, roster=roster, replace=args.replace)
+    if roster:
+        import_roster(Course.open(args.course), roster)
+    print(report.table())
+    return 0
 
 
 def _grade(args: argparse.Namespace) -> int:
@@ -84,12 +130,40 @@ def _summary(report) -> str:
 
 def _export(args: argparse.Namespace) -> int:
     from .gradebook import EXPORT_COLUMNS, Course, export_rows
-    rows = export_rows(Course.open(args.course), args.assignment)
-    if args.to.parent and not args.to.parent.exists():
-        args.to.parent.mkdir(parents=True)
-    with open(args.to, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=EXPORT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    from .overview import grade_rows, note_export, write_csv
+    if args.all and args.assignment:
+        raise ValueError("pass either ASSIGNMENT or --all, not both")
+    course = Course.open(args.course)
+    if args.assignment:
+        columns, rows, lessons = list(EXPORT_COLUMNS), export_rows(course, args.assignment), [args.assignment]
+    else:
+        columns, rows = grade_rows(course)
+        lessons = columns[4:-1]
+    write_csv(args.to, columns, rows)
+    note_export(course, lessons, args.to)
     print(f"wrote {len(rows)} rows to {args.to}")
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    from .release import release
+    for r in release(args.course, args.lessons):
+        print(f"released {r.lesson}: {', '.join(str(p) for p in r.notebooks)} (gradebook updated)")
+    return 0
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    import warnings
+    from .feedback import feedback
+    warnings.filterwarnings("ignore", module="nbgrader")
+    pages = feedback(args.lesson, args.course)
+    for page in pages:
+        print(f"{page.student_id:<16} {page.score:g}/{page.max_score:g} {page.status:<8} {page.path}")
+    print(f"wrote {len(pages)} feedback pages for {args.lesson}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .overview import status, status_table
+    print(status_table(status(args.course)))
     return 0

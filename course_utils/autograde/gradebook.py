@@ -85,6 +85,13 @@ class Course:
         return Gradebook(self.db_url)
 
 
+def check_lesson(name: str) -> str:
+    """Return the lesson name if it is a plain folder name, else raise ValueError naming the fix."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"'{name}' is not a lesson name (a folder name in the course's source folder, e.g. 05_gradcam)")
+    return name
+
+
 def nbgrader_env(course: Course) -> dict:
     """Environment for nbgrader subprocesses: this Python's bin on PATH (nbgrader runs `alembic`)."""
     here = str(Path(sys.executable).parent)
@@ -229,6 +236,13 @@ def submission_score(course: Course, assignment: str, student: str) -> tuple[flo
         return float(sub.score), float(sub.max_score)
 
 
+def require_gradebook(course: Course, fix: str) -> None:
+    """Raise CourseError naming `fix` (a command) when the course has no gradebook file yet."""
+    db = course.db_url.removeprefix("sqlite:///")
+    if course.db_url.startswith("sqlite:///") and not Path(db).is_file():
+        raise CourseError(f"{course.root} has no gradebook yet ({db}): run `{fix}` first")
+
+
 def students(course: Course) -> list[str]:
     """Every student id the gradebook knows."""
     with course.gradebook() as gb:
@@ -241,9 +255,7 @@ EXPORT_COLUMNS = ("student_id", "assignment", "score", "max_score", "status", "r
 def export_rows(course: Course, assignment: str) -> list[dict]:
     """One row per student known to the gradebook or present in submitted/, in EXPORT_COLUMNS order."""
     from nbgrader.api import MissingEntry
-    db = course.db_url.removeprefix("sqlite:///")
-    if course.db_url.startswith("sqlite:///") and not Path(db).is_file():
-        raise CourseError(f"{course.root} has no gradebook yet ({db}): run `course grade {assignment}` first")
+    require_gradebook(course, f"course grade {assignment}")
     with course.gradebook() as gb:
         try:
             max_score = float(gb.find_assignment(assignment).max_score)

@@ -1,0 +1,175 @@
+"""The example class end to end: collect, grade, feedback and grades give what each notebook was built to be."""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from course_utils.autograde.gradebook import Course, export_rows
+from course_utils.autograde.workflow import run_example
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import classroom  # noqa: E402
+import example_class  # noqa: E402
+
+LESSONS = ("01_setup", "05_gradcam")
+# student -> lesson -> (score, status), from what tools/example_class.py built (PLANS). 01_setup is worth 6
+# (prob_cat 2), 05_gradcam 8 (grad_cam_map 2, the last exercise 2).
+EXPECTED = {
+    "aokafor": {"01_setup": (6, "graded"), "05_gradcam": (8, "graded")},       # correct, correct
+    "blindqvist": {"01_setup": (6, "graded"), "05_gradcam": (6, "graded")},    # correct, partly (last one blank)
+    "cwei": {"01_setup": (4, "graded"), "05_gradcam": (8, "graded")},          # partly (prob_cat blank), correct
+    "dvolkov": {"01_setup": (0, "graded"), "05_gradcam": (6, "graded")},       # blank, partly
+    "egarcia": {"01_setup": (6, "graded"), "05_gradcam": (8, "graded")},       # renamed files, correct
+    "fhaddad": {"01_setup": (6, "graded"), "05_gradcam": (8, "graded")},       # metadata stripped, correct
+    "gsantos": {"01_setup": (6, "graded"), "05_gradcam": (8, "graded")},       # older partly + newer correct
+    "hsato": {"01_setup": (0, "missing"), "05_gradcam": (0, "missing")},       # nothing at all
+    "ipetrov": {"01_setup": (6, "flagged"), "05_gradcam": (8, "graded")},      # writes ../../../gradebook.db
+    "jnovak": {"01_setup": (6, "graded"), "05_gradcam": (6, "graded")},        # grad_cam_map loops forever
+    "kmensah": {"01_setup": (4, "flagged"), "05_gradcam": (8, "graded")},      # patches course_utils.grading
+    "lfischer": {"01_setup": (4, "graded"), "05_gradcam": (8, "graded")},      # late partly, zip in a zip
+}
+# Reasons that must be on a page: (student, lesson, words in the summary)
+REASONS = [("cwei", "01_setup", "no answer yet"), ("jnovak", "05_gradcam", "cell 'grad_cam_map' ran for more than 20 s"),
+           ("hsato", "05_gradcam", "no notebook was handed in"), ("kmensah", "01_setup", "flagged for review"),
+           ("kmensah", "01_setup", "a hidden test failed: AssertionError"),
+           ("ipetrov", "01_setup", "gradebook.db"), ("fhaddad", "01_setup", "nbgrader metadata was missing")]
+
+
+def test_the_generator_reproduces_the_committed_class_byte_for_byte():
+    for name, data in example_class.build().items():
+        assert (ROOT / "examples" / "class" / name).read_bytes() == data, \
+            f"examples/class/{name} is out of date: run `python tools/example_class.py`"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, learn):
+    """The example class through the whole workflow once (the `learn` fixture makes sure the model is cached)."""
+    lines: list[str] = []
+    done = run_example(tmp_path_factory.mktemp("example") / "course", workers=2, progress=False, log=lines.append)
+    return done, lines
+
+
+def test_every_student_gets_the_score_and_status_the_notebook_was_built_for(run):
+    done, _ = run
+    course = Course.open(done.course)
+    found = {}
+    for lesson in LESSONS:
+        for row in export_rows(course, lesson):
+            found.setdefault(row["student_id"], {})[lesson] = (row["score"], row["status"])
+    assert found == EXPECTED
+
+
+def test_collect_placed_everyone_but_the_absent_and_reported_the_rest(run):
+    done, _ = run
+    first, second = done.collected
+    assert first.missing == second.missing == ["hsato"]
+    assert len(first.placed) == len(second.placed) == 11
+    why = {u.origin.rsplit("!", 1)[-1]: u.reason for u in first.unplaced + second.unplaced}
+    assert why["okaforadaeze_1101_5000_01_setup_notes.pdf"] == "not a notebook (.ipynb)"
+    assert "older file of gsantos" in why["santosgabriel_1107_4006_01_setup.ipynb"]
+    assert "not in the roster" in why["smithjordan_1999_5999_01_setup.ipynb"]
+    assert "not a notebook" in why["Lena Fischer_1112_assignsubmission_onlinetext_/onlinetext.html"]
+    assert len(why) == 4
+
+
+def test_the_csv_has_a_row_for_every_roster_student(run):
+    done, _ = run
+    with open(done.grades_csv, newline="") as f:
+        rows = {r["student_id"]: r for r in csv.DictReader(f)}
+    assert list(rows) == [s[0] for s in example_class.STUDENTS]
+    for sid, lessons in EXPECTED.items():
+        assert [float(rows[sid][lesson]) for lesson in LESSONS] == [lessons[lesson][0] for lesson in LESSONS]
+        assert float(rows[sid]["total"]) == sum(score for score, _ in lessons.values())
+    assert rows["hsato"]["email"] == "hsato@students.example.edu"
+
+
+def page_text(path: Path) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", path.read_text()))
+
+
+def test_every_lost_point_has_its_reason_on_the_page(run):
+    done, _ = run
+    assert len(done.pages) == len(EXPECTED) * len(LESSONS)
+    for page in done.pages:
+        assert page.score == EXPECTED[page.student_id][page.lesson][0]
+        summary = html.unescape(re.sub(r"<[^>]+>", " ", page.path.read_text().split("</section>")[0]))
+        for lost in page.lost:
+            assert lost.reason, f"{page.student_id} {page.lesson} {lost.grade_id}: no reason"
+            assert lost.reason in summary
+    pages = {(p.student_id, p.lesson): p for p in done.pages}
+    for sid, lesson, words in REASONS:
+        assert words in page_text(pages[sid, lesson].path), (sid, lesson, words)
+
+
+def hidden_lines(lesson: str) -> set[str]:
+    """Lines of the lesson's hidden tests that a student cannot see (not in the release, not an answer)."""
+    visible = "\n".join(c.source for c in classroom.nbformat.read(classroom.notebook_path(ROOT / "notebooks", lesson),
+                                                                  as_version=4).cells)
+    visible += "\n".join(classroom.answers(lesson).values())
+    source = classroom.nbformat.read(classroom.notebook_path(ROOT / "solutions", lesson), as_version=4)
+    lines = set()
+    for cell in source.cells:
+        for block in re.findall(r"BEGIN HIDDEN TESTS(.*?)END HIDDEN TESTS", cell.source, re.S):
+            lines |= {line.strip() for line in block.splitlines()
+                      if len(line.strip()) > 8 and not line.strip().startswith("#") and line.strip() not in visible}
+    return lines
+
+
+def test_no_hidden_test_source_appears_in_any_page(run):
+    done, _ = run
+    hidden = {lesson: hidden_lines(lesson) for lesson in LESSONS}
+    assert all(len(lines) > 10 for lines in hidden.values())
+    for page in done.pages:
+        text = page_text(page.path)
+        leaked = [line for line in hidden[page.lesson] if line in text]
+        assert not leaked, f"{page.path} shows hidden test code: {leaked[:3]}"
+    graded = (done.course / "autograded" / "jnovak" / "05_gradcam" / "05_gradcam.ipynb").read_text()
+    assert any(line in graded for line in hidden["05_gradcam"])     # the check above could fail
+
+
+def test_two_feedback_pages_in_chromium_show_the_reason(run, chromium):
+    from playwright.sync_api import sync_playwright
+    done, _ = run
+    pages = {(p.student_id, p.lesson): p for p in done.pages}
+    out = ROOT / "outputs" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium)
+        try:
+            tab = browser.new_page(viewport={"width": 1200, "height": 900})
+            for sid, lesson in (("jnovak", "05_gradcam"), ("kmensah", "01_setup")):
+                page = pages[sid, lesson]
+                tab.goto(page.path.as_uri(), wait_until="domcontentloaded")
+                reason = tab.locator("#course-summary tr.lost td.reason").first
+                assert reason.is_visible()
+                assert reason.inner_text() == page.lost[0].reason
+                tab.screenshot(path=str(out / f"feedback-{sid}-{lesson}.png"))
+        finally:
+            browser.close()
+    assert (out / "feedback-jnovak-05_gradcam.png").stat().st_size > 10_000
+
+
+def test_running_it_again_changes_no_grade(run):
+    done, _ = run
+    before = json.loads((done.course / "autograded" / "cwei" / "01_setup" / "course-grade.json").read_text())
+    again = run_example(done.course, workers=2, progress=False, log=lambda m: None)
+    assert again.graded.results == [] and len(again.graded.skipped) == 22
+    assert all(not c.placed and len(c.unchanged) == 11 for c in again.collected)
+    after = json.loads((done.course / "autograded" / "cwei" / "01_setup" / "course-grade.json").read_text())
+    assert after == before
+
+
+def test_status_counts_each_lesson(run):
+    from course_utils.autograde.overview import status
+    done, _ = run
+    rows = {r.lesson: r for r in status(done.course)}
+    assert [(r.released, r.collected, r.graded, r.flagged, r.failed, r.to_grade, r.exported)
+            for r in (rows["01_setup"], rows["05_gradcam"])] == [(True, 11, 9, 2, 0, 0, "yes"),
+                                                                  (True, 11, 11, 0, 0, 0, "yes")]
