@@ -24,7 +24,8 @@ from torch import nn
 from .cam import cam, gradcam, normalize, pointing_hits, upsample
 from .viz import image_array
 
-__all__ = ["Explorer", "ExplorerState", "body_stages", "explore", "explore_grid", "METHODS"]
+__all__ = ["Explorer", "ExplorerState", "body_stages", "explore", "explore_grid", "explore_text",
+           "text_view", "METHODS"]
 
 METHODS = ("Grad-CAM", "CAM")
 Item = Union[str, os.PathLike, Any]          # a file, or anything `dls.test_dl` accepts (a PILImage)
@@ -51,7 +52,11 @@ class ExplorerState:
 
 
 class Explorer:
-    """The explorer's state and computations, without widgets; every setter validates its input."""
+    """The explorer's state and computations, without widgets; every setter validates its input.
+
+    `items` default to the validation set, most wrong first; `layers` to the body's stages;
+    `boxes` (file name -> head box) to the `boxes.csv` of each image's folder, as SynthPets has.
+    """
 
     def __init__(self, learn: Any, items: Optional[Sequence[Item]] = None,
                  layers: Optional[Mapping[str, nn.Module]] = None, boxes: Optional[Mapping] = None,
@@ -63,7 +68,8 @@ class Explorer:
         self.layers = dict(body_stages(self.model) if layers is None else layers)
         if not self.layers or not all(isinstance(m, nn.Module) for m in self.layers.values()):
             raise ValueError("layers must map names to modules of the model, e.g. {'body': learn.model[0]}")
-        self.boxes = _default_boxes() if boxes is None else dict(boxes)
+        self._boxes = None if boxes is None else dict(boxes)   # None: each folder's own boxes file
+        self._folder_boxes: dict = {}
         self.cam_problem = None                # why CAM is not offered, or None if it is exact here
         self._maps: dict = {}                  # (index, method, target) -> {layer name: raw map [h,w]}
         self._inputs: dict = {}                # index -> batch [1,C,H,W]
@@ -71,7 +77,10 @@ class Explorer:
         if items is None:
             self.items, self.labels, self.losses = self._by_loss()
         else:
-            self.items, self.labels, self.losses = list(items), [None] * len(items), [None] * len(items)
+            if isinstance(items, (str, os.PathLike)):
+                raise TypeError("items must be a list of images, e.g. items=[path]; for one file pass [path]")
+            self.items = [Path(i) if isinstance(i, (str, os.PathLike)) else i for i in items]
+            self.labels, self.losses = [None] * len(self.items), [None] * len(self.items)
         if not self.items:
             raise ValueError("no images: pass items=[file, ...] or a learner with a validation set")
         self._check_cam()
@@ -200,7 +209,8 @@ class Explorer:
     def box(self) -> Optional[tuple]:
         """The current image's ground-truth head box (x0, y0, x1, y1) at input size, or None."""
         item = self.items[self.state.index]
-        if not isinstance(item, Path) or item.name not in self.boxes:
+        boxes = self._boxes_for(item)
+        if not isinstance(item, Path) or item.name not in boxes:
             return None
         from PIL import Image
         with Image.open(item) as im:
@@ -208,7 +218,17 @@ class Explorer:
         size = self.input().shape[-1]
         if w != h:                    # fastai's Resize crops a non-square picture: the box would move
             return None
-        return tuple(round(v * size / w) for v in self.boxes[item.name])
+        return tuple(round(v * size / w) for v in boxes[item.name])
+
+    def _boxes_for(self, item: Item) -> Mapping:
+        """The head boxes that apply to `item`: those given, else its folder's (SynthPets has them)."""
+        if self._boxes is not None or not isinstance(item, Path):
+            return self._boxes or {}
+        if item.parent not in self._folder_boxes:
+            from .data import BOXES_FILE, load_boxes
+            found = (item.parent / BOXES_FILE).is_file()
+            self._folder_boxes[item.parent] = load_boxes(item.parent) if found else {}
+        return self._folder_boxes[item.parent]
 
     def hit(self) -> Optional[bool]:
         """Whether the map's peak hits the head box (pointing game, 15 px at 224 px), or None without a box."""
@@ -285,12 +305,6 @@ def _scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _name(item: Item) -> str:
     return item.name if isinstance(item, Path) else type(item).__name__
-
-
-def _default_boxes() -> dict:
-    """SynthPets' head boxes when the default data is offline SynthPets; none online (PETS has none)."""
-    from .data import load_boxes, pets_path, use_online
-    return {} if use_online() else load_boxes(pets_path(False))
 
 
 # ---------------------------------------------------------------------------- widgets
@@ -389,3 +403,62 @@ def explore_grid(learn: Any, n: int = 4, layers: Optional[Sequence[str]] = None,
         axs[r, 0].set_ylabel(f"true {true}\npred {ex.vocab[ex.prediction]}", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------- text
+def text_view(model: nn.Module, ids_row: torch.Tensor, vocab: Sequence[str], attribute: Any,
+              target: int, classes: Sequence[str] = ("negative", "positive")) -> str:
+    """HTML for one review: the model's probabilities, then its words coloured by their attribution
+    to class `target`, as `attribute(model, ids [1,L], target) -> [1,L]` computes it (padding dropped)."""
+    from .text import PAD, word_highlights
+    if not isinstance(ids_row, torch.Tensor) or ids_row.dim() != 1:
+        raise ValueError("ids_row must be one review's token ids [L] (e.g. ids[i])")
+    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < len(classes):
+        raise ValueError(f"target must be a class index 0..{len(classes) - 1} of {list(classes)}, got {target!r}")
+    probs = _scores(model, ids_row[None])[0].softmax(0).tolist()
+    attr = attribute(model, ids_row[None], target)[0]
+    keep = ids_row != PAD
+    words = [vocab[i] for i in ids_row[keep].tolist()]
+    head = ", ".join(f"P({c}) = {p:.3f}" for c, p in zip(classes, probs))
+    return f"<p>{head} · attributions to <b>{classes[target]}</b></p><p>{word_highlights(words, attr[keep])}</p>"
+
+
+def explore_text(model: nn.Module, ids: torch.Tensor, vocab: Sequence[str], attribute: Any,
+                 labels: Optional[Sequence[int]] = None, classes: Sequence[str] = ("negative", "positive")):
+    """Widgets to pick a review (most wrong first when `labels` are given) and a class, showing
+    `text_view`; returns the widget box, whose `.show(i, target)` gives the same HTML."""
+    import ipywidgets as W
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or not len(ids):
+        raise ValueError("ids must be the reviews' token ids [N, L] (from encode)")
+    order = list(range(len(ids)))
+    if labels is not None:
+        y = torch.as_tensor(list(labels))
+        if len(y) != len(ids):
+            raise ValueError(f"got {len(y)} labels for {len(ids)} reviews: give one per review")
+        losses = F.cross_entropy(_scores(model, ids), y, reduction="none")
+        order = losses.argsort(descending=True).tolist()
+
+    def label(i: int) -> str:
+        words = " ".join(vocab[t] for t in ids[i].tolist()[:10] if t)
+        truth = f"[{classes[int(labels[i])]}] " if labels is not None else ""
+        return f"{truth}{words} …"
+
+    review = W.Dropdown(options=[(label(i), i) for i in order], description="review",
+                        layout=W.Layout(width="90%"))
+    target = W.Dropdown(options=[(c, k) for k, c in enumerate(classes)], description="class")
+    out = W.HTML()
+
+    def show(i: int, k: int) -> str:
+        return text_view(model, ids[i], vocab, attribute, k, classes)
+
+    def refresh(_=None) -> None:
+        out.value = show(review.value, target.value)
+
+    if labels is not None:
+        target.value = int(labels[order[0]])
+    review.observe(refresh, "value")
+    target.observe(refresh, "value")
+    refresh()
+    box = W.VBox([review, target, out])
+    box.show = show
+    return box

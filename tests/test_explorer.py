@@ -240,3 +240,37 @@ def test_static_grid_has_top_loss_images_by_layers(learn):
     assert all_hooks(learn.model) == 0
     with pytest.raises(ValueError, match="positive int"):
         explore_grid(learn, n=0)
+
+
+def test_text_explorer_shows_the_attributions_of_the_chosen_review_and_class():
+    from torch import nn
+    from course_utils.explorer import explore_text, text_view
+    from course_utils.text import PAD
+
+    class Bag(nn.Module):                         # score of class c: sum of the words' weights
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(5, 1, padding_idx=PAD)
+            with torch.no_grad():
+                self.emb.weight.copy_(torch.tensor([[0.], [0.], [1.], [-2.], [0.5]]))
+
+        def forward(self, ids):
+            s = self.emb(ids).sum((1, 2))
+            return torch.stack([-s, s], 1)
+
+    def attribute(model, ids, target):            # exact: each word's weight, signed by the class
+        w = model.emb(ids)[..., 0].detach()
+        return w if target == 1 else -w
+
+    vocab = ["<pad>", "<unk>", "good", "awful", "fine"]
+    ids = torch.tensor([[2, 4, 0], [3, 2, 0], [2, 2, 4]])
+    html = text_view(Bag(), ids[1], vocab, attribute, 1)
+    assert "awful" in html and "<pad>" not in html and "rgba(200,0,0,1.00)" in html
+    box = explore_text(Bag(), ids, vocab, attribute, labels=[1, 1, 0])
+    review, target, out = box.children
+    assert review.value == 2 and target.value == 0     # most wrong first: a clearly positive review labelled negative
+    before = out.value
+    target.value = 1
+    assert out.value != before and out.value == box.show(2, 1)
+    review.value = 1
+    assert out.value == text_view(Bag(), ids[1], vocab, attribute, 1)
