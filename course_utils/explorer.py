@@ -315,16 +315,19 @@ def explore(learn: Any, items: Optional[Sequence[Item]] = None, **kwargs: Any):
     """
     import ipywidgets as W
     ex = Explorer(learn, items, **kwargs)
-    image = W.Dropdown(options=_image_options(ex), value=0, description="image")
+    image = W.Dropdown(options=_image_options(ex), value=0, description="image",
+                       layout=W.Layout(width="420px"))
     method = W.ToggleButtons(options=ex.methods, value=ex.state.method, description="method")
     layer = W.Dropdown(options=list(ex.layers), value=ex.state.layer, description="layer")
-    target = W.Dropdown(options=[("predicted", None)] + [(str(v), i) for i, v in enumerate(ex.vocab)],
-                        value=None, description="class")
+    # -1 stands for "the predicted class": a Dropdown's None means "nothing selected"
+    target = W.Dropdown(options=[("predicted", -1)] + [(str(v), i) for i, v in enumerate(ex.vocab)],
+                        value=-1, description="class")
     opacity = W.FloatSlider(value=ex.state.opacity, min=0, max=1, step=0.05, description="opacity")
     path = W.Text(placeholder="any image file, then Enter", description="open", continuous_update=False)
     view = W.Image(value=ex.render(), format="png")
     view.add_class("cam-overlay")
     info, error = W.HTML(), W.HTML()
+    info.add_class("cam-caption")
 
     def refresh() -> None:
         view.value = ex.render()
@@ -356,12 +359,13 @@ def explore(learn: Any, items: Optional[Sequence[Item]] = None, **kwargs: Any):
     image.observe(on(ex.set_image), "value")
     method.observe(on(ex.set_method), "value")
     layer.observe(on(lambda v: v != ex.state.layer and ex.set_layer(v)), "value")
-    target.observe(on(ex.set_target), "value")
+    target.observe(on(lambda v: ex.set_target(None if v == -1 else v)), "value")
     opacity.observe(on(ex.set_opacity), "value")
     path.observe(open_file, "value")
     refresh()
     box = W.VBox([W.HBox([image, path]), method, W.HBox([layer, target]), opacity,
                   W.HBox([view, info]), error])
+    box.add_class("cam-explorer")
     box.explorer = ex
     return box
 

@@ -228,6 +228,12 @@ def test_the_widget_is_a_thin_layer_over_the_explorer(learn, small):
     first_png = image.value
     layer.value = "model[0][1]"
     assert ex.state.layer == "model[0][1]" and image.value != first_png
+    target = box.children[2].children[1]
+    assert target.label == "predicted" and ex.state.target is None
+    target.value = 1 - ex.prediction
+    assert ex.target == 1 - ex.prediction
+    target.value = -1
+    assert ex.state.target is None
     method = box.children[1]
     method.value = "CAM"
     assert ex.state.layer == "model[0][4]" and layer.value == "model[0][4]" and layer.disabled
