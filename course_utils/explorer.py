@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -74,6 +75,7 @@ class Explorer:
         self._maps: dict = {}                  # (index, method, target) -> {layer name: raw map [h,w]}
         self._inputs: dict = {}                # index -> batch [1,C,H,W]
         self._probs: dict = {}                 # index -> probabilities [classes]
+        self._pictures: dict = {}              # index -> decoded image [H,W,3] uint8
         if items is None:
             self.items, self.labels, self.losses = self._by_loss()
         else:
@@ -179,7 +181,9 @@ class Explorer:
         """Softmax of the model's scores for the current image, `[classes]` (one forward, then cached)."""
         i = self.state.index
         if i not in self._probs:
-            self._probs[i] = _scores(self.model, self.input(i)).softmax(1)[0]
+            x = self.input(i)
+            with _one_thread():
+                self._probs[i] = _scores(self.model, x).softmax(1)[0]
         return self._probs[i]
 
     @property
@@ -197,13 +201,14 @@ class Explorer:
         s = self.state
         key = (s.index, s.method, self.target)
         if key not in self._maps:
-            x = self.input()
-            if s.method == "CAM":
-                self._maps[key] = {self._cam_layer: cam(self.model, x, self.target)[0]}
-            else:
-                names = list(self.layers)
-                maps = gradcam(self.model, x, [self.layers[n] for n in names], self.target)
-                self._maps[key] = {n: m[0] for n, m in zip(names, maps)}
+            x, target = self.input(), self.target
+            with _one_thread():
+                if s.method == "CAM":
+                    self._maps[key] = {self._cam_layer: cam(self.model, x, target)[0]}
+                else:
+                    names = list(self.layers)
+                    maps = gradcam(self.model, x, [self.layers[n] for n in names], target)
+                    self._maps[key] = {n: m[0] for n, m in zip(names, maps)}
         return self._maps[key][s.layer]
 
     def box(self) -> Optional[tuple]:
@@ -239,13 +244,15 @@ class Explorer:
         return bool(pointing_hits(upsample(self.cam_map(), size)[None], [box], 15 * size[1] / 224)[0])
 
     def picture(self) -> np.ndarray:
-        """The current image as displayed, `[H,W,3]` uint8."""
-        arr = image_array(self.dls.train.decode((self.input(),))[0][0])
-        arr = np.asarray(arr, dtype=np.float64)
-        if arr.max() <= 1.0:
-            arr = arr * 255
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, -1) if arr.ndim == 2 else arr
+        """The current image as displayed, `[H,W,3]` uint8 (decoded once: fastai's decode takes ~35 ms)."""
+        i = self.state.index
+        if i not in self._pictures:
+            arr = np.asarray(image_array(self.dls.train.decode((self.input(),))[0][0]), dtype=np.float64)
+            if arr.max() <= 1.0:
+                arr = arr * 255
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+            self._pictures[i] = np.repeat(arr[..., None], 3, -1) if arr.ndim == 2 else arr
+        return self._pictures[i]
 
     def overlay(self, scale: int = 2) -> np.ndarray:
         """The image with the map over it (magma colours at the state's opacity) and the head box, `[H,W,3]` uint8."""
@@ -301,6 +308,19 @@ def _scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     from .cam import _eval_mode, _submodules
     with torch.no_grad(), _eval_mode(_submodules(model)):
         return _plain(model(x))
+
+
+@contextmanager
+def _one_thread():
+    """Run one image's passes on one torch thread, then restore the count. On a busy 2-core
+    machine a second thread makes a batch-1 pass wait for a descheduled peer: measured stalls of
+    0.1-1.5 s instead of ~2 ms (benchmarks/explorer.py --threads 2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _name(item: Item) -> str:

@@ -280,3 +280,17 @@ def test_text_explorer_shows_the_attributions_of_the_chosen_review_and_class():
     assert out.value != before and out.value == box.show(2, 1)
     review.value = 1
     assert out.value == text_view(Bag(), ids[1], vocab, attribute, 1)
+
+
+def test_the_latency_benchmark_drives_the_controls_it_names(learn):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import explorer as bench
+    box = explore(learn, items=list(learn.dls.valid.items[:2]))
+    c = bench.controls(box)
+    assert [c[k].description for k in ("image", "method", "layer", "class", "opacity")] == \
+        ["image", "method", "layer", "class", "opacity"]
+    samples = bench.measure(2)
+    assert set(samples) == set(bench.TARGET_MS) and all(len(v) == 2 and min(v) > 0 for v in samples.values())
+    assert all_hooks(learn.model) == 0
