@@ -111,7 +111,10 @@ class Explorer:
 
     def _last_layer_name(self) -> Optional[str]:
         """The name of the layer whose output the head pools (the body's last stage), if listed."""
-        last = self.model[0][-1] if isinstance(self.model, nn.Sequential) else None
+        try:
+            last = self.model[0][-1]
+        except (TypeError, IndexError, KeyError, NotImplementedError):   # not Sequential(body, head)
+            return None
         return next((n for n, m in self.layers.items() if m is last), None)
 
     @property
