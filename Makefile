@@ -22,8 +22,9 @@ test:
 bench:
 	@$(RUN) benchmarks/gradcam.py
 
+# JupyterLab 4 on the course with nbgrader's formgrader and Validate enabled; LAB_ARGS="--no-browser --port 8899"
 lab:
-	@venv=$$(tools/venv.sh) && PYTHONPATH=$(CURDIR) "$$venv/bin/jupyter" lab
+	@cd $(CURDIR) && tools/lab.sh $(LAB_ARGS)
 
 release:
 	@$(RUN) tools/release.py

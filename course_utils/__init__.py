@@ -12,6 +12,7 @@ from .cam_variants import (gradcampp, gradcampp_weights, layercam, layercam_weig
 from .faithfulness import (curve_auc, deletion_auc, deletion_curve, insertion_auc,
                            insertion_curve)
 from .sanity import cascading_randomization, edge_map, randomized_copy, spearman
+from .explorer import Explorer, explore, explore_grid
 from .data import is_cat, load_boxes, pets_path, synth_pets, test_image, test_image_box
 from .hooks import Hook, HookBwd, Hooks
 from .model import get_learner
@@ -23,4 +24,4 @@ __all__ = ["Hook", "HookBwd", "Hooks", "gradcam", "gradcampp", "layercam", "scor
            "insertion_auc", "spearman", "randomized_copy", "cascading_randomization", "edge_map", "cam", "book_cam", "upsample", "normalize",
            "pointing_hits", "pointing_game", "energy_in_box", "show_cam", "image_array",
            "is_cat", "synth_pets", "load_boxes", "pets_path", "test_image", "test_image_box",
-           "get_learner"]
+           "get_learner", "Explorer", "explore", "explore_grid"]

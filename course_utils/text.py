@@ -7,6 +7,7 @@ Nothing is generated, downloaded or seeded when this module is imported.
 """
 from __future__ import annotations
 
+import html
 import random
 import re
 from collections import Counter
@@ -15,7 +16,7 @@ from typing import Iterable, Sequence
 import torch
 
 __all__ = ["POSITIVE_WORDS", "NEGATIVE_WORDS", "LABELS", "PAD", "UNK", "movie_reviews", "tokenize",
-           "build_vocab", "encode"]
+           "build_vocab", "encode", "word_highlights"]
 
 POSITIVE_WORDS = ("great", "wonderful", "brilliant", "superb", "delightful", "moving", "excellent",
                   "charming", "gripping", "beautiful")
@@ -92,3 +93,19 @@ def encode(texts: Sequence[str], vocab: Sequence[str], max_len: int | None = Non
     for i, r in enumerate(rows):
         out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
     return out
+
+
+def word_highlights(words: Sequence[str], scores: Sequence[float]) -> str:
+    """The words as HTML, each on a background coloured by its score (green up, red down, opacity
+    by size relative to the largest): attributions you can read at a glance."""
+    if isinstance(words, str):
+        raise TypeError("words must be a list of tokens (e.g. tokenize(text)), not one string")
+    values = scores.tolist() if isinstance(scores, torch.Tensor) else list(scores)
+    if len(values) != len(words):
+        raise ValueError(f"got {len(values)} scores for {len(words)} words: give one score per word "
+                         "(drop the padding positions first)")
+    top = max((abs(v) for v in values), default=0.0) or 1.0
+    spans = [f'<span title="{v:+.4f}" style="background: rgba({"0,160,0" if v > 0 else "200,0,0"},'
+             f'{abs(v) / top:.2f}); padding: 1px 3px">{html.escape(w)}</span>'
+             for w, v in zip(words, values)]
+    return " ".join(spans)

@@ -62,3 +62,17 @@ def test_encode_pads_truncates_and_marks_unknown_words():
         encode("good film", vocab)
     with pytest.raises(ValueError):
         encode(["good"], ["good", "film"])
+
+
+def test_word_highlights_colours_each_word_by_its_score():
+    from course_utils.text import word_highlights
+    html = word_highlights(["good", "<b>", "bad"], torch.tensor([2.0, 0.0, -1.0]))
+    spans = html.split("</span>")[:-1]
+    assert len(spans) == 3
+    assert "rgba(0,160,0,1.00)" in spans[0] and spans[0].endswith("good")
+    assert "&lt;b&gt;" in spans[1] and ",0.00)" in spans[1]           # escaped, no colour
+    assert "rgba(200,0,0,0.50)" in spans[2]
+    with pytest.raises(ValueError, match="one score per word"):
+        word_highlights(["a", "b"], [1.0])
+    with pytest.raises(TypeError, match="list of tokens"):
+        word_highlights("a b", [1.0, 2.0])
