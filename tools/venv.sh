@@ -16,9 +16,12 @@ if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   mkdir -p "$root"
   log="$root/build-$key.log"
-  if ! { "$python" -m venv "$venv" &&
-         "$venv/bin/python" -m pip install --upgrade pip &&
-         "$venv/bin/python" -m pip install -r "$here/requirements.txt"; } >"$log" 2>&1; then
+  # pip's output goes to the log; the terminal gets a count of the packages as progress.
+  if ! { "$python" -m venv "$venv" && "$venv/bin/python" -m pip install --upgrade pip; } >"$log" 2>&1 ||
+     ! "$venv/bin/python" -m pip install -r "$here/requirements.txt" 2>&1 | tee -a "$log" | awk '
+         /^Collecting / { n++; printf "\r  tools/venv.sh: packages resolved: %d", n; fflush() }
+         /^Installing collected packages/ { printf "\n  tools/venv.sh: installing them (the longest part)\n"; fflush() }' >&2
+  then
     tail -n 30 "$log" >&2
     echo "tools/venv.sh: the build failed; the full log is $log" >&2
     exit 1
