@@ -88,7 +88,7 @@ class LessonStatus:
     graded: int
     flagged: int
     failed: int
-    missing: int                     # graded as missing (a folder without a notebook)
+    missing: int                     # known students with nothing handed in (or a folder without a notebook)
     to_grade: int                    # collected but not graded, or handed in again since
     exported: str                    # '' (never), 'yes' or 'stale' (graded again since)
 
@@ -99,6 +99,7 @@ def status(course_dir: str | os.PathLike = ".") -> list[LessonStatus]:
     db = Path(course.db_url.removeprefix("sqlite:///"))
     in_gradebook = set(_lessons_in_gradebook(course)) if db.is_file() else set()
     exports = _exports(course)
+    students = set(_people(course)) if db.is_file() else set()
     out = []
     for lesson in course.assignments():
         released = lesson in in_gradebook and any((course.root / course.release / lesson).glob("*.ipynb"))
@@ -112,6 +113,7 @@ def status(course_dir: str | os.PathLike = ".") -> list[LessonStatus]:
                 continue
             counts[result["status"]] = counts.get(result["status"], 0) + 1
             last = max(last, result.get("graded_at", ""))
+        counts["missing"] += len(students - set(folders))     # on the roster, nothing collected
         note = exports.get(lesson)
         exported = "" if not note else ("stale" if last > note["at"] else "yes")
         out.append(LessonStatus(lesson, released, len(folders), counts["graded"], counts["flagged"],
