@@ -98,7 +98,13 @@ def _demo(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=".*not in session.*")
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be at least 1")
-    done = run_example(args.out, workers=args.workers, log=lambda m: print(m, flush=True))
+    from .autograde import SandboxUnavailable
+    from .autograde.cli import EXIT_SANDBOX
+    try:
+        done = run_example(args.out, workers=args.workers, log=lambda m: print(m, flush=True))
+    except SandboxUnavailable as e:      # the example class has hostile notebooks: never run them unconfined
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_SANDBOX
     print("\nGradebook (score/max status):\n" + done.table)
     flagged = [p for p in done.pages if p.status in ("flagged", "failed")]
     print(f"\nfeedback pages: {done.course / 'feedback'}/<student>/<lesson>/<lesson>.html ({len(done.pages)} pages)"

@@ -66,6 +66,13 @@ def test_every_student_gets_the_score_and_status_the_notebook_was_built_for(run)
     assert found == EXPECTED
 
 
+def test_the_sandbox_stopped_the_write_outside_the_work_folder(run):
+    """ipetrov's cell tries ../../../gradebook.db: under `course grade` (sandbox on) it gets a PermissionError."""
+    done, _ = run
+    graded = (done.course / "autograded" / "ipetrov" / "01_setup" / "01_setup.ipynb").read_text()
+    assert "not allowed: PermissionError" in graded
+
+
 def test_collect_placed_everyone_but_the_absent_and_reported_the_rest(run):
     done, _ = run
     first, second = done.collected
