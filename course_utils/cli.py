@@ -106,7 +106,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_SANDBOX
     print("\nGradebook (score/max status):\n" + done.table)
-    flagged = [p for p in done.pages if p.status in ("flagged", "failed")]
+    flagged = [p for p in done.pages if p.status in ("flagged", "failed", "not graded")]
     print(f"\nfeedback pages: {done.course / 'feedback'}/<student>/<lesson>/<lesson>.html ({len(done.pages)} pages)"
           + "".join(f"\n  {p.status}: {p.path}" for p in flagged))
     print(f"grades for the LMS: {done.grades_csv}")

@@ -51,3 +51,77 @@ def graded(tmp_path_factory, learn):
     for lesson in lessons():
         classroom.nbgrader(course, "autograde", lesson, "--create", "--force")
     return course, classroom.scores(course)
+
+
+class CountingServer:
+    """Accept connections on a listening socket and count them (a sandboxed notebook must make none)."""
+
+    def __init__(self, sock):
+        import threading
+        self.sock, self.connections = sock, 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+
+class NormalUser:
+    """A user without privileges, for the sandbox's normal-user mode: name, ids and a home folder."""
+
+    def __init__(self, name: str, uid: int, gid: int, home: Path):
+        self.name, self.uid, self.gid, self.home = name, uid, gid, home
+
+    def popen_args(self) -> dict:
+        """Keyword arguments that make subprocess run a command as this user (nothing for yourself)."""
+        if self.uid == os.geteuid():
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def own(self, path: Path) -> Path:
+        """Give this user a folder tree (the course it grades)."""
+        if self.uid != os.geteuid():
+            for p in [path, *path.rglob("*")]:
+                os.lchown(p, self.uid, self.gid)
+        return path
+
+
+@pytest.fixture(scope="session")
+def normal_user(tmp_path_factory, learn):
+    """As root: a throw-away user that may traverse to the environment, the model cache and the repository
+    (o+x on their parent folders, restored afterwards) and is deleted after the session. As a normal user:
+    yourself. The default model is trained (as the caller) first: the throw-away user cannot write the cache."""
+    import pwd
+    from course_utils.data import cache_dir
+    if os.geteuid() != 0:
+        me = pwd.getpwuid(os.geteuid())
+        yield NormalUser(me.pw_name, me.pw_uid, me.pw_gid, Path(me.pw_dir))
+        return
+    name = f"cgtest{os.getpid() % 100000}"
+    base = tmp_path_factory.mktemp("normal-user")
+    home = base / "home"
+    import subprocess
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
+                   check=True, capture_output=True)
+    granted: dict[Path, int] = {}
+    try:
+        entry = pwd.getpwnam(name)
+        home.mkdir()
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+        os.chmod(home, 0o700)
+        for target in (sys.prefix, sys.base_prefix, cache_dir(), ROOT, base):
+            for folder in [Path(target).resolve(), *Path(target).resolve().parents]:
+                mode = folder.stat().st_mode & 0o7777
+                if not mode & 0o001 and folder not in granted:
+                    granted[folder] = mode
+                    os.chmod(folder, mode | 0o001)
+        yield NormalUser(name, entry.pw_uid, entry.pw_gid, home)
+    finally:
+        for folder, mode in granted.items():
+            os.chmod(folder, mode)
+        subprocess.run(["userdel", name], capture_output=True)

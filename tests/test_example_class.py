@@ -177,6 +177,6 @@ def test_status_counts_each_lesson(run):
     from course_utils.autograde.overview import status
     done, _ = run
     rows = {r.lesson: r for r in status(done.course)}
-    assert [(r.released, r.collected, r.graded, r.flagged, r.failed, r.missing, r.to_grade, r.exported)
+    assert [(r.released, r.collected, r.graded, r.flagged, r.failed, r.missing, r.not_graded, r.exported)
             for r in (rows["01_setup"], rows["05_gradcam"])] == [(True, 11, 9, 2, 0, 1, 0, "yes"),
                                                                   (True, 11, 11, 0, 0, 1, 0, "yes")]

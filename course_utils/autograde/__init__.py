@@ -10,7 +10,7 @@ lesson, status), `workflow` (all of it on the example class) and `cli`.
 """
 from .collect import Collected, collect
 from .feedback import feedback
-from .gradebook import EXPORT_COLUMNS, Course, CourseError, export_rows
+from .gradebook import EXPORT_COLUMNS, NOT_GRADED, Course, CourseError, Outcome, export_rows, outcome
 from .grade import Report, Result, SandboxUnavailable, grade
 from .overview import grade_rows, status
 from .release import release
@@ -19,4 +19,4 @@ from .sandbox import Limits
 
 __all__ = ["grade", "export_rows", "Report", "Result", "Limits", "Course", "CourseError",
            "SandboxUnavailable", "EXPORT_COLUMNS", "collect", "Collected", "feedback", "release",
-           "grade_rows", "status", "Roster", "read_roster"]
+           "grade_rows", "status", "Roster", "read_roster", "outcome", "Outcome", "NOT_GRADED"]

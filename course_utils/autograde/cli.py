@@ -27,6 +27,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler instead of local workers")
     p.add_argument("--no-sandbox", action="store_true",
                    help="run student code unconfined (only where isolation is impossible and you trust the code)")
+    p.add_argument("--without", action="append", default=[], metavar="LAYER",
+                   choices=("landlock", "mount", "pid", "network"),
+                   help="grade with one sandbox layer fewer where this machine cannot give it "
+                        "(landlock, mount, pid or network; repeatable)")
     p.add_argument("--cell-timeout", type=float, default=60.0, help="seconds per cell (default 60)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per notebook (default 600)")
     p.add_argument("--memory", type=int, default=4096, help="MB of memory per notebook run (default 4096)")
@@ -100,7 +104,7 @@ def _grade(args: argparse.Namespace) -> int:
         assignments = _assignments(args)
         report = grade(assignments, args.course, workers=args.workers, force=args.force,
                        scheduler=args.scheduler, isolate=not args.no_sandbox, limits=limits,
-                       progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+                       progress=not args.quiet, log=lambda m: print(m, file=sys.stderr), without=args.without)
     except SandboxUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_SANDBOX

@@ -1,11 +1,12 @@
 """Run one notebook's code cells in a sandboxed child forked from an already-importing worker.
 
 The worker has imported torch, fastai and course_utils once (and run no torch operation, so the
-fork is safe); each notebook gets a fresh fork, confined by `sandbox.confine`, that runs the cells
-in an IPython shell (execnb's `CaptureShell`) and streams every cell's outputs back through a pipe
-as soon as the cell ends. A cell that times out, or a child that dies (`os._exit`, a kill, the
-memory or CPU limit), costs only that cell: the notebook is run again in a new child with that cell
-replaced by an error, and every cell it did not reach is marked as not run when time is up.
+fork is safe); each notebook gets a fresh run started by `sandbox.start` (its own namespaces, root,
+uid and limits) that runs the cells in an IPython shell (execnb's `CaptureShell`) and streams every
+cell's outputs back through a pipe of that run alone as soon as the cell ends. A cell that times
+out, or a run that dies (`os._exit`, a kill, a limit), costs only that cell: the notebook is run
+again in a new sandbox with that cell replaced by an error, and every cell it did not reach is
+marked as not run when time is up. A run stopped by a limit says which limit and at what figure.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .sandbox import Limits, Policy, confine, sandbox_uid
+from . import sandbox
+from .sandbox import Limits, Policy
 
 MAX_ATTEMPTS = 4                    # a notebook is re-run at most this often after a lost cell
 REPORT_GRACE = 10.0                 # seconds the child may take beyond a cell's limit to report it
@@ -79,7 +81,8 @@ class NotebookRun:
     events: list[str] = dataclasses.field(default_factory=list)   # plain-language reasons
     attempts: int = 0
     wall_seconds: float = 0.0
-    max_rss_bytes: int = 0
+    max_rss_bytes: int = 0              # the largest memory all the run's processes held together
+    peak_processes: int = 0
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "outputs": {str(k): v for k, v in self.outputs.items()},
@@ -90,7 +93,8 @@ class NotebookRun:
         return cls(outputs={int(k): v for k, v in data["outputs"].items()},
                    seconds={int(k): float(v) for k, v in data["seconds"].items()},
                    events=[str(e) for e in data["events"]], attempts=int(data["attempts"]),
-                   wall_seconds=float(data["wall_seconds"]), max_rss_bytes=int(data["max_rss_bytes"]))
+                   wall_seconds=float(data["wall_seconds"]), max_rss_bytes=int(data["max_rss_bytes"]),
+                   peak_processes=int(data.get("peak_processes", 0)))
 
 
 def error_output(ename: str, message: str) -> dict:
@@ -121,24 +125,14 @@ def cap_outputs(outputs: list, max_bytes: int) -> list:
 
 
 # ----------------------------------------------------------------------------- the child
-def _child(cells: list[tuple[int, str]], skipped: dict[int, str], policy: Policy, fd: int, threads: int) -> None:
-    """Runs in the forked child: confine, then run the cells, reporting each one."""
-    from course_utils.data import cache_dir
-    cache = str(cache_dir())                                   # before HOME moves
-    null = os.open(os.devnull, os.O_RDWR)
-    for std in (0, 1, 2):                                      # fd-level noise goes nowhere
-        os.dup2(null, std)
-    confine(policy)
-    os.chdir(policy.workdir)
-    os.environ.update(COURSE_CACHE=cache, HOME=policy.workdir, TMPDIR=policy.workdir,
-                      IPYTHONDIR=os.path.join(policy.workdir, ".ipython"), MPLCONFIGDIR=policy.workdir,
-                      PYTHONDONTWRITEBYTECODE="1", NBGRADER_EXECUTION="autograde")
-    tempfile.tempdir = policy.workdir
+def _child(cells: list[tuple[int, str]], skipped: dict[int, str], limits: Limits, fd: int, threads: int) -> None:
+    """Runs in the confined notebook process: run the cells, reporting each one on the run's channel."""
     import torch
     torch.set_num_threads(threads)
     from execnb.shell import CaptureShell
-    shell = CaptureShell(path=policy.workdir, mpl_format="png")
-    limit = policy.limits.cell_seconds
+    shell = CaptureShell(path=os.getcwd(), mpl_format="png")
+    sys.path[:] = [p for p in sys.path if p and os.path.isabs(p)]    # IPython adds the current folder
+    limit = limits.cell_seconds
     for index, source in cells:
         send(fd, {"start": index})
         start = time.monotonic()
@@ -151,21 +145,23 @@ def _child(cells: list[tuple[int, str]], skipped: dict[int, str], policy: Policy
             if timed_out:                                      # its thread cannot be stopped: end the child
                 send(fd, {"timeout": index})
                 os._exit(0)
-        outputs = cap_outputs([dict(o) for o in outputs], policy.limits.output_bytes)
+        outputs = cap_outputs([dict(o) for o in outputs], limits.output_bytes)
         send(fd, {"done": index, "outputs": outputs, "seconds": time.monotonic() - start})
     send(fd, {"finished": True})
 
 
 # ----------------------------------------------------------------------------- the worker's side
 def run_notebook(cells: list[tuple[int, str]], readable: tuple[str, ...], limits: Limits,
-                 scratch: str, threads: int = 1, isolate: bool = True) -> NotebookRun:
-    """Run the code cells (index, source) in sandboxed children until all are accounted for."""
+                 scratch: str, threads: int = 1, isolate: bool = True,
+                 without: frozenset[str] = frozenset()) -> NotebookRun:
+    """Run the code cells (index, source) in sandboxed runs until all are accounted for."""
     run, skipped = NotebookRun(), {}
     start = time.monotonic()
     deadline = start + limits.notebook_seconds
     while True:
         run.attempts += 1
-        lost = _attempt(cells, skipped, readable, limits, scratch, threads, isolate, deadline, run)
+        policy = Policy(readable=readable, limits=limits, isolate=isolate, without=without)
+        lost = _attempt(cells, skipped, policy, scratch, threads, deadline, run)
         if lost is None:
             break
         index, why = lost
@@ -180,18 +176,13 @@ def run_notebook(cells: list[tuple[int, str]], readable: tuple[str, ...], limits
     return run
 
 
-def _attempt(cells, skipped, readable, limits, scratch, threads, isolate, deadline, run):
-    """One child. Returns None when every cell reported, else (index of the lost cell or None, why)."""
-    workdir = tempfile.mkdtemp(prefix="run-", dir=scratch)
-    policy = Policy(workdir=workdir, readable=readable, limits=limits, isolate=isolate)
+def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadline: float, run: NotebookRun):
+    """One sandboxed run. Returns None when every cell reported, else (index of the lost cell or None, why)."""
+    limits = policy.limits
+    folder = tempfile.mkdtemp(prefix="run-", dir=scratch)   # the private root's stage, or the unconfined workdir
+    policy = dataclasses.replace(policy, stage=folder, workdir=folder)
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            _child(cells, skipped, policy, w, threads)
-        finally:
-            os._exit(0)
+    sandboxed = sandbox.start(policy, lambda: _child(cells, skipped, limits, w, threads), keep_fds=(w,))
     os.close(w)
     running, lost, finished = None, None, False
     max_message = 4 * limits.output_bytes + (1 << 16)
@@ -227,12 +218,34 @@ def _attempt(cells, skipped, readable, limits, scratch, threads, isolate, deadli
                 break
     finally:
         os.close(r)
-        status, maxrss = _reap(pid)
-        run.max_rss_bytes = max(run.max_rss_bytes, maxrss)
-        shutil.rmtree(workdir, ignore_errors=True)
+        report = sandboxed.stop(grace=2.0 if lost is None and not finished else 0.0)
+        _remove(folder)
+    run.max_rss_bytes = max(run.max_rss_bytes, int(report.get("peak_memory_bytes") or 0))
+    run.peak_processes = max(run.peak_processes, int(report.get("peak_processes") or 0))
+    stopped = report.get("stopped")
+    if stopped:                                              # a limit of the whole run decides the reason
+        return running, f"cell {_label(running)} was stopped: {describe_limit(stopped)}"
+    if report.get("error") or report.get("setup_error"):
+        return None, f"the sandbox could not be set up ({report.get('error') or report.get('setup_error')})"
     if lost is None and not finished:
-        lost = (running, f"cell {_label(running)} ended the Python process ({_describe(status, limits)})")
+        lost = (running, f"cell {_label(running)} ended the Python process ({_describe(report.get('status', 0), limits)})")
+    if report.get("disk_full") and lost is None:
+        run.events.append(f"the notebook filled its {limits.disk_bytes >> 20} MB of disk")
     return lost
+
+
+def describe_limit(stopped: dict) -> str:
+    """A limit the watchdog enforced, in words with its figures."""
+    if stopped.get("limit") == "memory":
+        return (f"its processes held {stopped['figure'] / 2**20:,.0f} MB, over the notebook's memory limit of "
+                f"{stopped['allowed'] / 2**20:,.0f} MB")
+    return (f"its processes used {stopped['figure']:.0f} s of CPU time, over the notebook's limit of "
+            f"{stopped['allowed']:.0f} s")
+
+
+def _remove(folder: str) -> None:
+    """Remove a run's stage folder (empty once the run's mount namespace is gone)."""
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _expect_index(value, cells) -> int:
@@ -245,41 +258,20 @@ def _label(index) -> str:
     return "?" if index is None else f"#{index}"
 
 
-def _reap(pid: int) -> tuple[int, int]:
-    """Kill the child's whole process group and its sandbox uid's processes; return status, peak RSS."""
-    for target in (pid, -pid):
-        try:
-            os.kill(target, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    _, status, usage = os.wait4(pid, 0)
-    _kill_uid(sandbox_uid(pid))
-    return status, int(usage.ru_maxrss) * 1024
-
-
-def _kill_uid(uid: int) -> None:
-    """Kill every process that runs as the sandbox's private uid (escaped grandchildren)."""
-    if os.geteuid() != 0:
-        return
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                pass
-
-
 def _describe(status: int, limits: Limits) -> str:
-    """Why a child ended, in words."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig == signal.SIGXCPU:
-            return f"CPU time limit of {limits.cpu_seconds} s"
-        if sig == signal.SIGKILL:
-            return "killed (memory, CPU or process limit)"
-        return f"killed by signal {signal.Signals(sig).name}"
-    return f"exit code {os.waitstatus_to_exitcode(status)}"
+    """Why a run's notebook process ended, from its init's wait status, in words."""
+    code = os.waitstatus_to_exitcode(status) if isinstance(status, int) else 0
+    sig = -code if code < 0 else code - 128 if code > 128 else 0
+    if sig == signal.SIGXCPU:
+        return f"CPU time limit of {limits.cpu_seconds} s for one process"
+    if sig == signal.SIGKILL:
+        return "killed (the per-process memory or CPU limit, or by itself)"
+    if sig:
+        try:
+            return f"killed by signal {signal.Signals(sig).name}"
+        except ValueError:
+            return f"killed by signal {sig}"
+    return f"exit code {code}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,9 @@
 The page is nbgrader's own (its `GetGrades` preprocessor and `feedback` template, on the notebook
 `course grade` wrote to `autograded/`), with a summary on top: points per exercise and, for every
 lost point, the reason in words (a visible or hidden test failed and its message, no answer, a
-time or memory limit, a crash, a missing notebook, restored cells, a flag for review).
+time or memory limit, a crash, a missing notebook, restored cells, a flag for review). The status
+is `gradebook.outcome`'s, as in `course status` and `course export`: a submission no grading run
+reached, or handed in again since, is "not graded" and its page says why instead of showing a grade.
 
 Hidden tests stay hidden: the autograded notebook holds their source, and tracebacks quote the
 lines they ran, so before rendering every hidden block is replaced by a note and the outputs of
@@ -21,7 +23,7 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from .gradebook import Course, CourseError, check_lesson, read_result, require_gradebook
+from .gradebook import NOT_GRADED, Course, CourseError, Outcome, check_lesson, outcome, require_gradebook
 
 HIDDEN = re.compile(r"^[ \t]*#+[ \t]*BEGIN HIDDEN TESTS.*?(?:^[ \t]*#+[ \t]*END HIDDEN TESTS[^\n]*$|\Z)", re.M | re.S)
 HIDDEN_NOTE = "# (hidden tests: run by the grader, not shown)"
@@ -44,8 +46,8 @@ class Page:
     student_id: str
     lesson: str
     path: Path
-    status: str
-    score: float
+    status: str                      # `gradebook.outcome`'s, as in `course status` and `course export`
+    score: float                     # 0 while "not graded" (the page then shows no score, only why)
     max_score: float
     exercises: tuple[Lost, ...]      # every graded cell, in notebook order (reason empty when all points kept)
     notes: tuple[str, ...]           # what happened to the submission as a whole
@@ -167,11 +169,12 @@ def _summary(page: Page) -> str:
         f"<td>{'–' if e.score is None else f'{e.score:g}'} / {e.max_score:g}</td>"
         f"<td class='reason'>{html.escape(e.reason) or 'all points'}</td></tr>" for e in page.exercises)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in page.notes)
+    total = f"– / {page.max_score:g}" if page.status == NOT_GRADED else f"{page.score:g} / {page.max_score:g}"
     return (
         "<section id='course-summary' style='font-family:sans-serif;max-width:60em;margin:1em auto;padding:1em;"
         "border:2px solid #888;border-radius:6px;background:#fafafa'>"
         f"<h2 style='margin-top:0'>{html.escape(page.lesson)} — {html.escape(page.student_id)}: "
-        f"{page.score:g} / {page.max_score:g} ({html.escape(page.status)})</h2>"
+        f"{total} ({html.escape(page.status)})</h2>"
         + (f"<table style='border-collapse:collapse;width:100%'><tr><th align=left>exercise</th>"
            f"<th align=left>points</th><th align=left>why points were lost</th></tr>{rows}</table>" if rows else "")
         + (f"<h3>What happened to the notebook</h3><ul>{notes}</ul>" if notes else "")
@@ -206,29 +209,24 @@ def _page_html(page: Page, body: str | None) -> str:
     return body[: m.end()] + summary + body[m.end():] if m else summary + body
 
 
-def _notes(result: dict | None, handed_in: bool, lesson: str) -> list[str]:
-    if result is None:
-        return [f"handed in but not graded yet: run `course grade {lesson}`" if handed_in
-                else "no notebook was handed in for this lesson: every exercise scores 0"]
+def _notes(o: Outcome) -> list[str]:
+    """What happened to the submission as a whole, from its `outcome` (not graded: why, and nothing else)."""
     notes = []
-    for reason in result.get("reasons", []):
-        notes.append(reason if not reason.startswith("no notebook") else
-                     f"{reason}: every exercise scores 0")
-    if result.get("status") == "flagged":
+    for reason in o.reasons:
+        notes.append(reason if not reason.startswith("no notebook") else f"{reason}: every exercise scores 0")
+    if o.status == "flagged":
         notes.append("flagged for review: a person will look at the lines named above before the grade is final")
     return notes
 
 
 def feedback(lesson: str, course_dir: str | os.PathLike = ".", students: list[str] | None = None) -> list[Page]:
     """Write feedback/<student>/<lesson>/<notebook>.html for every student (default: all known)."""
-    from .gradebook import students as gradebook_students
+    from .gradebook import everyone
     check_lesson(lesson)
     course = Course.open(course_dir)
     require_gradebook(course, f"course grade {lesson}")
     names = _notebooks(course, lesson)
-    folders = course.submissions(lesson)
-    everyone = students or sorted(set(gradebook_students(course)) | set(folders))
-    return [_student_page(course, lesson, sid, names, sid in folders and folders[sid].is_dir()) for sid in everyone]
+    return [_student_page(course, lesson, sid, names) for sid in students or everyone(course, lesson)]
 
 
 def _notebooks(course: Course, lesson: str) -> list[str]:
@@ -247,14 +245,17 @@ def _max_scores(course: Course, lesson: str, notebook: str) -> list[Lost]:
         return [Lost(c.name, 0.0, float(c.max_score), "") for c in cells]
 
 
-def _student_page(course: Course, lesson: str, student: str, names: list[str], handed_in: bool) -> Page:
-    """Write one student's page (one per notebook of the lesson; lessons have one) and describe it."""
-    result = read_result(course, lesson, student)
-    notes = _notes(result, handed_in, lesson)
-    status = result["status"] if result else "missing"
-    score = float(result["score"]) if result else 0.0
-    max_score = float(result["max_score"]) if result else sum(c.max_score for n in names
-                                                               for c in _max_scores(course, lesson, n))
+def _student_page(course: Course, lesson: str, student: str, names: list[str]) -> Page:
+    """Write one student's page (one per notebook of the lesson; lessons have one) and describe it.
+
+    The status, score and reasons are `outcome`'s: a submission that is not graded (never reached
+    by a run, or handed in again since) gets a page that says so, never its stale autograded notebook.
+    """
+    o = outcome(course, lesson, student)
+    result = o.result                      # None unless the result file is the current grade
+    notes = _notes(o)
+    max_score = o.max_score if o.max_score is not None else sum(c.max_score for n in names
+                                                                for c in _max_scores(course, lesson, n))
     out = course.root / "feedback" / student / lesson
     out.mkdir(parents=True, exist_ok=True)
     page = None
@@ -266,9 +267,12 @@ def _student_page(course: Course, lesson: str, student: str, names: list[str], h
             notes = [_EVENT_CELL.sub(lambda m: _cell_name(nb.cells, int(m[1])), n) for n in notes]
             body = _render(course, lesson, student, name, hide_tests(nb))
         else:
-            why = notes[0] if notes else "not graded"
-            exercises = [dataclasses.replace(c, reason=why) for c in _max_scores(course, lesson, name)]
+            unscored = o.status == NOT_GRADED
+            why = "not graded yet: see below" if unscored else (notes[0] if notes else o.status)
+            exercises = [dataclasses.replace(c, reason=why, score=None if unscored else c.score)
+                         for c in _max_scores(course, lesson, name)]
             body = None
-        page = Page(student, lesson, out / f"{name}.html", status, score, max_score, tuple(exercises), tuple(notes))
+        page = Page(student, lesson, out / f"{name}.html", o.status, o.score or 0.0, max_score, tuple(exercises),
+                    tuple(notes))
         page.path.write_text(_page_html(page, body), encoding="utf-8")
     return page

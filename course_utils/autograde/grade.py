@@ -21,7 +21,9 @@ from .assemble import Assembled, UnreadableNotebook, assemble, find_notebooks, r
 from .execute import NotebookRun
 from .gradebook import (Course, ensure_assignment, fingerprint, instructor_cells, is_done, record,
                         release_notebook, submission_score)
-from .sandbox import Limits, support
+from .sandbox import LAYERS, Limits, describe, support
+
+OPTIONAL_LAYERS = ("landlock", "mount", "pid", "network")   # what `--without` may leave out
 from .scan import scan_cells
 from .score import executed, score_cells
 from .worker import Job, Worker, WorkerDied
@@ -105,11 +107,12 @@ def _label(a: Assembled, index: int) -> str:
     return meta.get("grade_id") or f"#{index + 1}"
 
 
-def _job(p: _Prepared, course: Course, limits: Limits, threads: int, isolate: bool) -> Job:
+def _job(p: _Prepared, course: Course, limits: Limits, threads: int, isolate: bool,
+         without: frozenset[str]) -> Job:
     notebooks = {name: [(i, c.source) for i, c in enumerate(a.notebook.cells) if c.cell_type == "code"]
                  for name, a in p.assembled.items()}
     return Job(key=f"{p.assignment}/{p.student}", notebooks=notebooks, course_dir=str(course.root), limits=limits,
-               threads=threads, isolate=isolate)
+               threads=threads, isolate=isolate, without=tuple(sorted(without)))
 
 
 def _commit(course: Course, p: _Prepared, runs: dict[str, NotebookRun] | None, failure: str | None) -> Result:
@@ -165,10 +168,13 @@ def ensure_default_model(log: Callable[[str], None] = print) -> None:
 
 def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".", *,
           workers: int | None = None, force: bool = False, scheduler: str | None = None, isolate: bool = True,
-          limits: Limits = Limits(), progress: bool = True, log: Callable[[str], None] = print) -> Report:
+          limits: Limits = Limits(), progress: bool = True, log: Callable[[str], None] = print,
+          without: Sequence[str] = ()) -> Report:
     """Grade every submission of one or more assignments in `course_dir`; see the module docstring.
 
     Several assignments share one pool of workers, so the imports are paid once per worker per run.
+    The sandbox's layers are printed once (through `log`); a layer this machine cannot give stops the
+    run with SandboxUnavailable unless it is named in `without` (`course grade --without LAYER`).
     """
     assignments = [assignments] if isinstance(assignments, str) else list(assignments)
     if not assignments:
@@ -178,9 +184,21 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
             raise ValueError(f"'{assignment}' is not an assignment name (a folder name in source/, e.g. 05_gradcam)")
     if workers is not None and workers < 1:
         raise ValueError("--workers must be at least 1")
-    if isolate and (missing := support()):
-        raise SandboxUnavailable("cannot isolate student notebooks on this machine; missing: " + "; ".join(missing)
-                                 + ". Fix that, or pass --no-sandbox to run untrusted code unconfined.")
+    without = frozenset(without)
+    if unknown := without - set(OPTIONAL_LAYERS):
+        raise ValueError(f"--without takes {', '.join(OPTIONAL_LAYERS)}, not {', '.join(sorted(unknown))}")
+    if isolate:
+        problems = support(without)
+        log("sandbox layers on this machine:\n" + describe(problems, without))
+        if missing := [f"{layer}: {problems[layer]}" for layer in LAYERS if problems[layer] and layer not in without]:
+            optional = [m.split(":")[0] for m in missing if m.split(":")[0] in OPTIONAL_LAYERS]
+            fix = (f"Fix that, or pass {' '.join('--without ' + o for o in optional)} to grade with less isolation"
+                   if len(optional) == len(missing) else "Fix that (this layer cannot be left out)")
+            raise SandboxUnavailable("cannot isolate student notebooks on this machine; missing: "
+                                     + "; ".join(missing) + f". {fix}, or pass --no-sandbox to run untrusted "
+                                     "code unconfined.")
+    else:
+        log("sandbox: OFF (--no-sandbox): student code runs unconfined, with only per-process limits")
     start = time.monotonic()
     course = Course.open(course_dir)
     report = Report(assignments)
@@ -195,7 +213,7 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
             if not p.assembled:                      # nothing to run: missing or unreadable
                 report.results.append(_commit(course, p, None, None))
                 bar.update(report)
-        jobs = [_job(p, course, limits, threads, isolate) for p in runnable]
+        jobs = [_job(p, course, limits, threads, isolate, without) for p in runnable]
         by_key = {job.key: p for job, p in zip(jobs, runnable)}
         ready = model.wait if model else (lambda: None)
         run_all = _run_dask(scheduler, ready) if scheduler else _run_local(n_workers, threads, ready)

@@ -23,7 +23,9 @@ from nbformat import NotebookNode
 
 from .assemble import InstructorCell
 
-STATUSES = ("graded", "flagged", "missing", "failed")
+STATUSES = ("graded", "flagged", "missing", "failed")      # what `course grade` records for a submission
+NOT_GRADED = "not graded"                                  # handed in, but no current grade (see `outcome`)
+OUTCOMES = (*STATUSES, NOT_GRADED)                          # what status, export, feedback and the demo show
 RESULT_FILE = "course-grade.json"
 
 
@@ -249,11 +251,123 @@ def students(course: Course) -> list[str]:
         return sorted(s.id for s in gb.students)
 
 
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """Where one student stands on one lesson: what `course status`, `course export`, `course feedback`
+    and the demo's gradebook table all show (they all get it from `outcome`)."""
+    student_id: str
+    assignment: str
+    status: str                      # one of OUTCOMES
+    score: float | None              # None when not graded: there is no grade yet (never a pretend 0)
+    max_score: float | None          # None only when the lesson is not in the gradebook
+    reasons: tuple[str, ...]
+    result: dict | None              # the result file when it is this student's current grade, else None
+
+
+_EMPTY = hashlib.sha256().hexdigest()          # the fingerprint of an empty or absent folder
+
+
+def _has_gradebook(course: Course) -> bool:
+    """Is there a gradebook to read? (Opening a missing sqlite file would create it.)"""
+    return not course.db_url.startswith("sqlite:///") or Path(course.db_url.removeprefix("sqlite:///")).is_file()
+
+
+def _gradebook_scores(course: Course, assignment: str,
+                      only: str | None = None) -> tuple[dict[str, float], float | None]:
+    """({student: score} of the lesson's submissions in the gradebook (manual grades included), its max
+    score), read in one session; ({}, None) when there is no gradebook or the lesson is not in it."""
+    from nbgrader.api import MissingEntry
+    if not _has_gradebook(course):
+        return {}, None
+    with course.gradebook() as gb:
+        try:
+            lesson = gb.find_assignment(assignment)
+        except MissingEntry:
+            return {}, None
+        if only is None:
+            return {sub.student.id: float(sub.score) for sub in lesson.submissions}, float(lesson.max_score)
+        try:
+            return {only: float(gb.find_submission(assignment, only).score)}, float(lesson.max_score)
+        except MissingEntry:
+            return {}, float(lesson.max_score)
+
+
+def outcome(course: Course, assignment: str, student: str, *,
+            _scores: tuple[dict[str, float], float | None] | None = None) -> Outcome:
+    """The one place that decides a student's status on a lesson for display and export.
+
+    - The result file `course grade` wrote is present and its fingerprint matches what is in
+      `submitted/<student>/<lesson>/` now: its status (graded, flagged, failed or missing), the
+      gradebook's score (manual grades included) and its reasons.
+    - Something is handed in (a non-empty submission folder) but there is no result file — the
+      grading run was killed or interrupted before this student, or never ran: "not graded",
+      "handed in but not graded yet: run `course grade LESSON`". What a killed run may have left
+      in the gradebook is not shown: only the result file, written last, makes a grade current.
+    - There is a result file but the folder changed since (handed in again, replaced by `course
+      collect`): "not graded", "handed in again after grading: run `course grade LESSON` to grade
+      the new version (previous grade 4/6)" — the stale grade is in the reason, never in the score.
+      If the folder was emptied instead, the reason says the graded files are gone.
+    - Nothing handed in and nothing recorded: "missing", 0 ("no notebook was handed in").
+
+    The score of a "not graded" student is None: the CSV exports write it as an empty cell,
+    which Canvas and Moodle read as "no grade" (Moodle's CSV import maps '' and '-' to no grade;
+    Canvas leaves a blank cell ungraded and out of the current score), whereas a 0 would be
+    imported as a grade. Running `course grade LESSON` again grades exactly these students:
+    `grade` skips only submissions whose result file has the same fingerprint.
+
+    A student whose `submitted/<student>/` folder does not exist at all is one `course grade`
+    never looks at, so a result file recorded for them stays their grade.
+    """
+    base = course.root / course.submitted / student
+    present = base.is_dir() and not base.is_symlink()            # as Course.submissions (what grade() grades)
+    now = fingerprint(base / assignment) if present else _EMPTY
+    result = read_result(course, assignment, student)
+    scores, max_score = _scores or _gradebook_scores(course, assignment, only=student)
+    score = scores.get(student)
+    max_score = max_score if max_score is not None else (result or {}).get("max_score")
+    run = f"run `course grade {assignment}`"
+    if result and result.get("status") in STATUSES and (not present or result.get("fingerprint") == now):
+        reasons = tuple(result.get("reasons") or ())
+        if result["status"] == "missing" and not reasons:
+            reasons = ("no notebook was handed in",)
+        score = score if score is not None else float(result.get("score") or 0.0)
+        return Outcome(student, assignment, result["status"], score, max_score, reasons, result)
+    if result:
+        # The previous grade is the result file's own (the gradebook may already hold part of a killed regrade).
+        old, top = result.get("score"), result.get("max_score")
+        previous = f"previous grade {old:g}/{top:g}" if isinstance(old, (int, float)) and isinstance(top, (int, float)) \
+            else "graded before"
+        previous += f", {result['status']}" if result.get("status", "graded") != "graded" else ""
+        why = (f"handed in again after grading: {run} to grade the new version ({previous})" if now != _EMPTY else
+               f"the files graded earlier are no longer in {course.submitted}/{student}/{assignment}: {run} "
+               f"to record that nothing is handed in ({previous})")
+        return Outcome(student, assignment, NOT_GRADED, None, max_score, (why,), None)
+    if now != _EMPTY:
+        return Outcome(student, assignment, NOT_GRADED, None, max_score,
+                       (f"handed in but not graded yet: {run}",), None)
+    return Outcome(student, assignment, "missing", 0.0, max_score, ("no notebook was handed in",), None)
+
+
+def everyone(course: Course, assignment: str) -> list[str]:
+    """The students of a lesson: every student the gradebook knows and every folder in submitted/."""
+    known = set(students(course)) if _has_gradebook(course) else set()
+    return sorted(known | set(course.submissions(assignment)))
+
+
+def outcomes(course: Course, assignment: str) -> list[Outcome]:
+    """`outcome` of every student of the lesson (`everyone`), by student id (the gradebook read once)."""
+    scores = _gradebook_scores(course, assignment)
+    return [outcome(course, assignment, sid, _scores=scores) for sid in everyone(course, assignment)]
+
+
 EXPORT_COLUMNS = ("student_id", "assignment", "score", "max_score", "status", "reasons")
 
 
 def export_rows(course: Course, assignment: str) -> list[dict]:
-    """One row per student known to the gradebook or present in submitted/, in EXPORT_COLUMNS order."""
+    """One row per student known to the gradebook or present in submitted/, in EXPORT_COLUMNS order.
+
+    The status and reasons are `outcome`'s; the score of a "not graded" student is an empty cell.
+    """
     from nbgrader.api import MissingEntry
     require_gradebook(course, f"course grade {assignment}")
     with course.gradebook() as gb:
@@ -261,23 +375,6 @@ def export_rows(course: Course, assignment: str) -> list[dict]:
             max_score = float(gb.find_assignment(assignment).max_score)
         except MissingEntry:
             raise CourseError(f"'{assignment}' is not in the gradebook: run `course grade {assignment}` first") from None
-        known = {s.id for s in gb.students}
-    rows = []
-    folders = course.submissions(assignment)
-    for student in sorted(known | set(folders)):
-        result = read_result(course, assignment, student)
-        handed_in = student in folders and folders[student].is_dir()
-        try:
-            score, _ = submission_score(course, assignment, student)   # manual grades included
-            status = result["status"] if result else "graded"
-        except MissingEntry:
-            score, status = 0.0, "missing"
-        reasons = list(result["reasons"]) if result else []
-        if status == "missing" and not reasons:
-            reasons = [f"handed in but not graded yet: run `course grade {assignment}`" if handed_in
-                       else "nothing was handed in"]
-        elif result and handed_in and result.get("fingerprint") != fingerprint(folders[student]):
-            reasons.append(f"handed in again after grading: run `course grade {assignment}` to grade the new version")
-        rows.append({"student_id": student, "assignment": assignment, "score": round(score, 4),
-                     "max_score": max_score, "status": status, "reasons": "; ".join(reasons)})
-    return rows
+    return [{"student_id": o.student_id, "assignment": assignment,
+             "score": "" if o.score is None else round(o.score, 4), "max_score": max_score,
+             "status": o.status, "reasons": "; ".join(o.reasons)} for o in outcomes(course, assignment)]

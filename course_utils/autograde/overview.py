@@ -1,7 +1,8 @@
 """The whole course at a glance: grades of every lesson (`course export`), and `course status`.
 
 Both read what `course release / collect / grade` left in the course folder and the gradebook,
-so they can run at any time and change nothing but the export's CSV and its note.
+so they can run at any time and change nothing but the export's CSV and its note. Every status
+shown comes from `gradebook.outcome`, as in the per-lesson export and the feedback pages.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from .gradebook import Course, CourseError, export_rows, fingerprint, read_result, require_gradebook
+from .gradebook import NOT_GRADED, Course, CourseError, outcomes, require_gradebook
 
 EXPORTS = "course-exports.json"     # in the course folder: which lessons were exported, when, where
 
@@ -31,23 +32,29 @@ def _people(course: Course) -> dict[str, dict]:
 def grade_rows(course: Course, lessons: list[str] | None = None) -> tuple[list[str], list[dict]]:
     """(columns, rows): one row per student (roster and gradebook), one score column per lesson, total.
 
-    A student with nothing handed in for a lesson scores 0 there; the per-lesson export
-    (`export_rows`) has the status and the reasons.
+    A lesson's cell is `outcome`'s score: a student with nothing handed in scores 0 there, and a
+    student who handed in something not graded yet (or handed in again since grading) gets an
+    empty cell, not 0 — the "no grade" of an LMS import (Canvas and Moodle read an empty cell as
+    no grade; a 0 would be imported as one). `total` is empty too while any lesson of the row is
+    not graded, since it is not the student's total yet. The per-lesson export (`export_rows`)
+    has the status and the reasons.
     """
     require_gradebook(course, "course release")
     lessons = lessons or _lessons_in_gradebook(course)
     if not lessons:
         raise CourseError(f"{course.root}'s gradebook has no lesson yet: run `course release` first")
     people = _people(course)
-    per_lesson = {lesson: {r["student_id"]: r for r in export_rows(course, lesson)} for lesson in lessons}
-    everyone = sorted(set(people).union(*per_lesson.values()))
+    per_lesson = {lesson: {o.student_id: o for o in outcomes(course, lesson)} for lesson in lessons}
+    all_students = sorted(set(people).union(*per_lesson.values()))
     columns = ["student_id", "first_name", "last_name", "email", *lessons, "total"]
     rows = []
-    for sid in everyone:
+    for sid in all_students:
         row = {"student_id": sid, **people.get(sid, {"first_name": "", "last_name": "", "email": ""})}
         for lesson in lessons:
-            row[lesson] = per_lesson[lesson].get(sid, {}).get("score", 0.0)
-        row["total"] = round(sum(row[lesson] for lesson in lessons), 4)
+            o = per_lesson[lesson].get(sid)
+            row[lesson] = 0.0 if o is None else ("" if o.score is None else round(o.score, 4))
+        scores = [row[lesson] for lesson in lessons]
+        row["total"] = "" if "" in scores else round(sum(scores), 4)
         rows.append(row)
     return columns, rows
 
@@ -81,16 +88,21 @@ def _exports(course: Course) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class LessonStatus:
-    """Where one lesson stands: released, collected, graded (by status), exported."""
+    """Where one lesson stands: released, collected, each student's `outcome` counted by status, exported."""
     lesson: str
     released: bool
     collected: int                   # submission folders
     graded: int
     flagged: int
     failed: int
-    missing: int                     # known students with nothing handed in (or a folder without a notebook)
-    to_grade: int                    # collected but not graded, or handed in again since
+    missing: int                     # nothing handed in (no folder, an empty one, or no notebook in it)
+    pending: tuple[tuple[str, str], ...]   # (student, reason) of each one handed in but not graded
     exported: str                    # '' (never), 'yes' or 'stale' (graded again since)
+
+    @property
+    def not_graded(self) -> int:
+        """Handed in but not graded: the run did not reach them, or they handed in again since."""
+        return len(self.pending)
 
 
 def status(course_dir: str | os.PathLike = ".") -> list[LessonStatus]:
@@ -99,51 +111,63 @@ def status(course_dir: str | os.PathLike = ".") -> list[LessonStatus]:
     db = Path(course.db_url.removeprefix("sqlite:///"))
     in_gradebook = set(_lessons_in_gradebook(course)) if db.is_file() else set()
     exports = _exports(course)
-    students = set(_people(course)) if db.is_file() else set()
     out = []
     for lesson in course.assignments():
         released = lesson in in_gradebook and any((course.root / course.release / lesson).glob("*.ipynb"))
         counts = {"graded": 0, "flagged": 0, "failed": 0, "missing": 0}
-        to_grade, last = 0, ""
-        folders = {s: f for s, f in course.submissions(lesson).items() if f.is_dir()}
-        for sid, folder in folders.items():
-            result = read_result(course, lesson, sid)
-            if not result or result.get("fingerprint") != fingerprint(folder):
-                to_grade += 1
-                continue
-            counts[result["status"]] = counts.get(result["status"], 0) + 1
-            last = max(last, result.get("graded_at", ""))
-        counts["missing"] += len(students - set(folders))     # on the roster, nothing collected
+        pending, last = [], ""
+        folders = [f for f in course.submissions(lesson).values() if f.is_dir()]
+        for o in outcomes(course, lesson):
+            if o.status == NOT_GRADED:
+                pending.append((o.student_id, "; ".join(o.reasons)))
+            else:
+                counts[o.status] += 1
+            last = max(last, (o.result or {}).get("graded_at", ""))
         note = exports.get(lesson)
         exported = "" if not note else ("stale" if last > note["at"] else "yes")
         out.append(LessonStatus(lesson, released, len(folders), counts["graded"], counts["flagged"],
-                                counts["failed"], counts["missing"], to_grade, exported))
+                                counts["failed"], counts["missing"], tuple(pending), exported))
     return out
 
 
 def status_table(rows: list[LessonStatus]) -> str:
-    """`course status` as text: one line per lesson."""
+    """`course status` as text: one line per lesson, then every student not graded and why."""
     head = f"{'lesson':<22}{'released':>9}{'collected':>10}{'graded':>8}{'flagged':>8}{'failed':>7}" \
-           f"{'missing':>8}{'to grade':>9}  exported"
+           f"{'missing':>8}{'not graded':>11}  exported"
     lines = [head]
     for r in rows:
         lines.append(f"{r.lesson:<22}{'yes' if r.released else 'no':>9}{r.collected:>10}{r.graded:>8}{r.flagged:>8}"
-                     f"{r.failed:>7}{r.missing:>8}{r.to_grade:>9}  {r.exported or 'no'}")
+                     f"{r.failed:>7}{r.missing:>8}{r.not_graded:>11}  {r.exported or 'no'}")
+    pending = [(r.lesson, sid, why) for r in rows for sid, why in r.pending]
+    if pending:
+        lines += ["", "not graded (handed in, no current grade):"]
+        width = max(len(sid) for _, sid, _ in pending)
+        lines += [f"  {lesson:<22}{sid:<{width}}  {why}" for lesson, sid, why in pending]
     return "\n".join(lines)
 
 
 def gradebook_table(course_dir: str | os.PathLike = ".", lessons: list[str] | None = None) -> str:
-    """Students × lessons, each cell 'score/max status', as the workflow prints it at the end."""
+    """Students × lessons, each cell 'score/max status' (`outcome`'s; '–/max not graded' when there is
+    no grade yet), as the workflow prints it at the end, then the reason of every 'not graded' cell."""
     course = Course.open(course_dir)
     lessons = lessons or _lessons_in_gradebook(course)
-    cells = {lesson: {r["student_id"]: r for r in export_rows(course, lesson)} for lesson in lessons}
+    cells = {lesson: {o.student_id: o for o in outcomes(course, lesson)} for lesson in lessons}
     students = sorted(set().union(*cells.values())) if cells else []
     width = max([len("student")] + [len(s) for s in students]) + 2
     lines = [("student".ljust(width) + "".join(f"{lesson:<22}" for lesson in lessons)).rstrip()]
+    pending = []
     for sid in students:
         line = sid.ljust(width)
         for lesson in lessons:
-            r = cells[lesson].get(sid)
-            line += f"{r['score']:g}/{r['max_score']:g} {r['status']}".ljust(22) if r else "-".ljust(22)
+            o = cells[lesson].get(sid)
+            line += (f"{_number(o.score)}/{_number(o.max_score)} {o.status}" if o else "-").ljust(22)
+            if o and o.status == NOT_GRADED:
+                pending.append(f"  {sid} {lesson}: {'; '.join(o.reasons)}")
         lines.append(line.rstrip())
+    if pending:
+        lines += ["", "not graded:", *pending]
     return "\n".join(lines)
+
+
+def _number(x: float | None) -> str:
+    return "–" if x is None else f"{x:g}"

@@ -4,11 +4,18 @@ runs each notebook it is sent in a fresh sandboxed fork (`execute.run_notebook`)
 `Worker` is the handle the grader holds (locally, one per `--workers`; on Dask, one per Dask
 worker process, see `run_on_this_machine`). Requests and answers are length-prefixed JSON on the
 worker's stdin and stdout; everything else the worker prints goes to its stderr.
+
+The worker starts with an environment built from an allow-list (never the instructor's: a forked
+notebook can read what its process started with) and no current folder on `sys.path`. Each job is
+read and run by a fork of the warm worker, so no job's data (another student's notebook) is in the
+memory a later student's run is forked from.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,7 +24,7 @@ import time
 from pathlib import Path
 
 from .execute import NotebookRun, receive, run_notebook, send
-from .sandbox import Limits
+from .sandbox import ENV_ALLOWED, Limits
 
 _WARM_MODULES = ("fastai.vision.all", "fastai.text.all", "course_utils", "course_utils.cam", "course_utils.grading",
                  "course_utils.model", "course_utils.data", "course_utils.viz", "course_utils.text",
@@ -38,6 +45,7 @@ class Job:
     limits: Limits = Limits()
     threads: int = 1
     isolate: bool = True
+    without: tuple[str, ...] = ()          # sandbox layers the instructor chose to do without
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "limits": dataclasses.asdict(self.limits)}
@@ -46,6 +54,7 @@ class Job:
     def from_json(cls, data: dict) -> "Job":
         return cls(key=data["key"], course_dir=data["course_dir"], threads=int(data["threads"]),
                    isolate=bool(data["isolate"]), limits=Limits(**data["limits"]),
+                   without=tuple(str(w) for w in data.get("without", ())),
                    notebooks={k: [(int(i), str(s)) for i, s in v] for k, v in data["notebooks"].items()})
 
     def budget(self) -> float:
@@ -68,22 +77,42 @@ def _warm_up() -> None:
 
 
 def serve(inp: int, out: int) -> None:
-    """The worker's loop: read a job, run its notebooks, answer; stop at end of input."""
-    from .sandbox import readable_paths
+    """The worker's loop: for each job, a fork of this warm process reads it, runs it and answers."""
     scratch = tempfile.mkdtemp(prefix="course-grade-")
-    os.chmod(scratch, 0o711)          # sandbox uids may enter their own folder, not list the others
-    readable: dict[str, tuple[str, ...]] = {}
-    while True:
-        request = receive(inp, time.monotonic() + 10 ** 9, MAX_ANSWER_BYTES)
-        if request is None:
-            return
-        job = Job.from_json(request)
-        if job.course_dir not in readable:
-            readable[job.course_dir] = readable_paths(job.course_dir)
-        runs = {name: run_notebook(cells, readable[job.course_dir], job.limits, scratch, job.threads,
-                                   job.isolate).to_json()
-                for name, cells in job.notebooks.items()}
-        send(out, {"key": job.key, "notebooks": runs, "worker_rss_bytes": _rss()})
+    os.chmod(scratch, 0o700)
+    try:
+        while select.select([inp], [], [])[0]:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    code = _serve_one(inp, out, scratch)
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code == 3:                                   # end of input
+                return
+            if code != 0:
+                send(out, {"failed": f"the job process ended with {code}"})
+    finally:
+        import shutil
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _serve_one(inp: int, out: int, scratch: str) -> int:
+    """In the job's fork: read one job, run its notebooks, answer. 3 at end of input."""
+    from .sandbox import readable_paths
+    request = receive(inp, time.monotonic() + 10 ** 9, MAX_ANSWER_BYTES)
+    if request is None:
+        return 3
+    job = Job.from_json(request)
+    readable = readable_paths(job.course_dir)
+    runs = {name: run_notebook(cells, readable, job.limits, scratch, job.threads, job.isolate,
+                               frozenset(job.without)).to_json()
+            for name, cells in job.notebooks.items()}
+    send(out, {"key": job.key, "notebooks": runs, "worker_rss_bytes": _rss()})
+    return 0
 
 
 def _rss() -> int:
@@ -119,11 +148,10 @@ class Worker:
             self._start()
 
     def _start(self) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                           os.environ.get("PYTHONPATH")]))}
         err = open(self._log, "ab") if self._log else subprocess.DEVNULL
-        self._proc = subprocess.Popen([sys.executable, "-m", "course_utils.autograde.worker"], env=env,
+        home = Path.home()
+        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "course_utils.autograde.worker"],
+                                      env=worker_environment(self.threads), cwd=str(home if home.is_dir() else "/"),
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
         if self._log:
             err.close()
@@ -141,6 +169,8 @@ class Worker:
         except (OSError, TimeoutError, ValueError) as e:
             self.close()
             raise WorkerDied(f"the grading worker failed on this submission: {e}") from e
+        if answer is not None and "failed" in answer:
+            raise WorkerDied(f"the grading worker failed on this submission ({answer['failed']})")
         if answer is None or answer.get("key") != job.key:
             self.close()
             raise WorkerDied("the grading worker ended before answering")
@@ -163,6 +193,17 @@ class Worker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def worker_environment(threads: int) -> dict[str, str]:
+    """The worker's whole environment: allow-listed names only, never the instructor's secrets."""
+    from course_utils.data import cache_dir
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if (k in ENV_ALLOWED or k.startswith("LC_"))
+           and k not in ("PYTHONPATH", "COURSE_ONLINE")}
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=package_root,
+               COURSE_CACHE=str(cache_dir()), PATH=os.environ.get("PATH", "/usr/bin:/bin"))
+    return env
 
 
 _local: dict[int, Worker] = {}
