@@ -150,7 +150,7 @@ EXPECTED = [
     ("blank", "graded", 0, []),
     ("loop", "graded", 4, ["ran for more than 20 s"]),
     ("exit", "graded", 4, ["ended the Python process"]),
-    ("membomb", "graded", 4, []),
+    ("membomb", "graded", 4, ["ran out of memory (MemoryError)", "2,048 MB"]),
     ("forkflood", "graded", FULL, []),
     ("network", "graded", FULL, []),
     ("testsdeleted", "graded", FULL, ["test cell 'test_is_cat' was missing; the original was put back"]),

@@ -67,10 +67,12 @@ def test_every_student_gets_the_score_and_status_the_notebook_was_built_for(run)
 
 
 def test_the_sandbox_stopped_the_write_outside_the_work_folder(run):
-    """ipetrov's cell tries ../../../gradebook.db: under `course grade` (sandbox on) it gets a PermissionError."""
+    """ipetrov's cell tries ../../../gradebook.db: under `course grade` its private root is read-only there
+    (OSError: read-only file system), and the real gradebook is untouched."""
     done, _ = run
     graded = (done.course / "autograded" / "ipetrov" / "01_setup" / "01_setup.ipynb").read_text()
-    assert "not allowed: PermissionError" in graded
+    assert "not allowed: OSError" in graded or "not allowed: PermissionError" in graded
+    assert (done.course / "gradebook.db").read_bytes()[:16] == b"SQLite format 3\x00"
 
 
 def test_collect_placed_everyone_but_the_absent_and_reported_the_rest(run):

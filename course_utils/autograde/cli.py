@@ -57,7 +57,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("lesson", metavar="LESSON", help="assignment name, e.g. 05_gradcam")
     _course_option(p)
     p.set_defaults(run=_feedback)
-    p = sub.add_parser("status", help="per lesson: released, collected, graded, flagged, failed, exported")
+    p = sub.add_parser("status", help="per lesson: released, collected, graded, flagged, failed, not graded, "
+                                         "exported")
     _course_option(p)
     p.set_defaults(run=_status)
     p = sub.add_parser("collect", help="place what students handed in (folders, zips, LMS downloads) into submitted/",
@@ -159,10 +160,12 @@ def _release(args: argparse.Namespace) -> int:
 def _feedback(args: argparse.Namespace) -> int:
     import warnings
     from .feedback import feedback
+    from .gradebook import NOT_GRADED
     warnings.filterwarnings("ignore", module="nbgrader")
     pages = feedback(args.lesson, args.course)
     for page in pages:
-        print(f"{page.student_id:<16} {page.score:g}/{page.max_score:g} {page.status:<8} {page.path}")
+        score = "–" if page.status == NOT_GRADED else f"{page.score:g}"
+        print(f"{page.student_id:<16} {score}/{page.max_score:g} {page.status:<10} {page.path}")
     print(f"wrote {len(pages)} feedback pages for {args.lesson}")
     return 0
 

@@ -207,6 +207,9 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
             elif "done" in message and message["done"] == running:
                 run.outputs[running] = list(message.get("outputs") or [])
                 run.seconds[running] = float(message.get("seconds", 0.0))
+                if _ran_out_of_memory(run.outputs[running]):
+                    run.events.append(f"cell {_label(running)} ran out of memory (MemoryError): one process of a "
+                                      f"notebook may add {limits.memory_bytes / 2**20:,.0f} MB")
             elif "timeout" in message and message["timeout"] == running:
                 lost = (running, f"cell {_label(running)} ran for more than {limits.cell_seconds:.0f} s")
                 break
@@ -232,6 +235,11 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
     if report.get("disk_full") and lost is None:
         run.events.append(f"the notebook filled its {limits.disk_bytes >> 20} MB of disk")
     return lost
+
+
+def _ran_out_of_memory(outputs: list) -> bool:
+    return any(isinstance(o, dict) and o.get("output_type") == "error" and o.get("ename") == "MemoryError"
+               for o in outputs)
 
 
 def describe_limit(stopped: dict) -> str:
