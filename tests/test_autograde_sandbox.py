@@ -45,6 +45,8 @@ PROBE = textwrap.dedent('''
         attempt("write home", lambda: open(os.path.join(home, "mine.txt"), "w").write("x" * 1000))
         attempt("write cache", lambda: open(os.path.join(cache, "planted.txt"), "w").write("x"))
         attempt("read cache", lambda: os.listdir(cache))
+        attempt("read a bound folder under /tmp", lambda: open(os.path.join(sys.argv[7], "hello.txt")).read())
+        attempt("write a bound folder under /tmp", lambda: open(os.path.join(sys.argv[7], "new.txt"), "w").write("x"))
         attempt("import course_utils.cam", lambda: __import__("course_utils.cam"))
         attempt("connect loopback", lambda: socket.create_connection(("127.0.0.1", port), timeout=2))
         attempt("allocate 2 GB", lambda: bytearray(2 << 30))
@@ -73,7 +75,7 @@ PROBE = textwrap.dedent('''
                 seen["forked"] = len(kids)
         attempt("fork 200", flood)
         os.write(w, json.dumps(seen).encode())
-    readable = sandbox.readable_paths(course)
+    readable = sandbox.readable_paths(course, extra=(sys.argv[7],))
     policy = sandbox.Policy(readable=readable, stage=stage, workdir=stage, without=frozenset(filter(None, without.split(","))),
                             limits=sandbox.Limits(memory_bytes=1 << 30, processes=32))
     run = sandbox.start(policy, target, keep_fds=(w,))
@@ -110,6 +112,9 @@ def _probe(tmp_path_factory, user, without: str) -> dict:
     (course / "gradebook.db").write_text("grades")
     stage = base / "stage"
     stage.mkdir()
+    extra = base / "library"          # a readable folder under /tmp, as a checkout in a temporary folder is
+    extra.mkdir()
+    (extra / "hello.txt").write_text("hello")
     if user:
         for p in (course, course / "gradebook.db", stage):
             os.chown(p, user.uid, user.gid)
@@ -118,7 +123,7 @@ def _probe(tmp_path_factory, user, without: str) -> dict:
     env = {"PATH": os.environ.get("PATH", "/usr/bin"), "PYTHONPATH": str(ROOT), "COURSE_CACHE": str(cache_dir()),
            "HOME": str(user.home if user else base), "SECRET_TOKEN": "tok-probe"}
     done = subprocess.run([sys.executable, "-P", "-c", PROBE, str(course), str(cache_dir()),
-                           str(server.getsockname()[1]), without, str(stage), str(ROOT)],
+                           str(server.getsockname()[1]), without, str(stage), str(ROOT), str(extra)],
                           env=env, capture_output=True, text=True, timeout=300, cwd=str(base),
                           **(user.popen_args() if user else {}))
     server.close()
@@ -146,12 +151,14 @@ def landlock_only(tmp_path_factory, mode):
 
 
 @pytest.mark.parametrize("what", ["read course file", "list course", "write course file", "create in course",
-                                  "read /etc/shadow", "read repository solutions", "write cache"])
+                                  "read /etc/shadow", "read repository solutions", "write cache",
+                                  "write a bound folder under /tmp"])
 def test_denied_outside_the_sandbox(probe, what):
     assert probe["seen"][what] in ("PermissionError", "FileNotFoundError", "OSError"), probe["seen"]
 
 
-@pytest.mark.parametrize("what", ["write home", "write /tmp", "read cache", "import course_utils.cam"])
+@pytest.mark.parametrize("what", ["write home", "write /tmp", "read cache", "import course_utils.cam",
+                                  "read a bound folder under /tmp"])
 def test_allowed_inside(probe, what):
     assert probe["seen"][what] == "allowed", probe["seen"]
 

@@ -396,6 +396,15 @@ def _private_root(policy: Policy, uid: int) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     new = policy.stage
     _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m")
+    os.makedirs(new + SCRATCH)
+    size = policy.limits.disk_bytes
+    _mount("tmpfs", new + SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"mode=0700,size={size},nr_inodes=65536,uid={uid},gid={uid}")
+    for sub in ("home", "tmp"):
+        os.mkdir(f"{new}{SCRATCH}/{sub}", 0o700)
+        os.chown(f"{new}{SCRATCH}/{sub}", uid, uid)
+    os.mkdir(f"{new}/tmp")
+    _mount(f"{new}{SCRATCH}/tmp", f"{new}/tmp", None, MS_BIND)     # before the binds: some may lie under /tmp
     for path in (*_SYSTEM, *_ETC, *policy.readable):
         _bind(path, new + path)
     for dev in _DEVICES:
@@ -406,14 +415,6 @@ def _private_root(policy: Policy, uid: int) -> None:
         os.symlink(to, f"{new}/dev/{name}")
     os.makedirs(new + "/proc")
     _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.makedirs(new + SCRATCH)
-    size = policy.limits.disk_bytes
-    _mount("tmpfs", new + SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"mode=0700,size={size},nr_inodes=65536,uid={uid},gid={uid}")
-    for sub in ("home", "tmp"):
-        os.mkdir(f"{new}{SCRATCH}/{sub}", 0o700)
-        os.chown(f"{new}{SCRATCH}/{sub}", uid, uid)
-    os.symlink(f"{SCRATCH}/tmp", f"{new}/tmp")
     os.chdir(new)
     if _SYS_PIVOT_ROOT is None:
         raise SandboxError(f"pivot_root: unknown system call number on {platform.machine()}")
@@ -556,8 +557,9 @@ def _landlock(policy: Policy) -> None:
     for dev in _DEVICES:
         if os.path.exists(dev):
             ruleset.allow(dev, rules=rw if dev in ("/dev/null", "/dev/zero") else FSAccess.READ_FILE)
-    ruleset.allow(SCRATCH if policy.isolate and "mount" not in policy.without else policy.workdir,
-                  rules=FSAccess.all())
+    private = policy.isolate and "mount" not in policy.without
+    for path in (SCRATCH, "/tmp") if private else (policy.workdir,):
+        ruleset.allow(path, rules=FSAccess.all())
     ruleset.apply()
 
 
