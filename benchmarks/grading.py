@@ -76,7 +76,9 @@ class MemorySampler:
     """Samples, every `every` seconds, the PSS of this process's descendants: in total, and per
     subtree rooted at a process whose command line contains `marker` (a worker or a kernel)."""
 
-    def __init__(self, marker: str, every: float = 0.25):
+    # Each reading walks the page tables of every process (15-60 ms for one that has torch imported):
+    # every 0.25 s, that took a share of a core from the graders being timed.
+    def __init__(self, marker: str, every: float = 1.0):
         self.marker, self.every = marker, every
         self.peak_total = self.peak_unit = 0
         self._stop = threading.Event()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -337,6 +338,17 @@ def test_an_interrupted_run_resumes_and_loses_nothing(small_class, tmp_path):
     time.sleep(2)
     assert not [w for w in workers if Path(f"/proc/{w}").exists() and "zombie" not in _state(w)], \
         "the grader's workers outlived it"
+    # Everywhere an instructor looks, the students the run did not reach are "not graded", with the fix.
+    unreached = set(KINDS) - set(before)
+    halfway = export(course, tmp_path)
+    assert {sid for sid, r in halfway.items() if r["status"] == "not graded"} == unreached
+    assert all(halfway[sid]["score"] == "" and "run `course grade" in halfway[sid]["reasons"] for sid in unreached)
+    status = run_course("status", "--course", str(course))
+    for sid in unreached:
+        assert re.search(rf"\b{sid}\s+handed in but not graded yet", status.stdout), status.stdout
+    assert run_course("feedback", LESSON, "--course", str(course)).returncode == 0
+    page = (course / "feedback" / sorted(unreached)[0] / LESSON / f"{LESSON}.html").read_text()
+    assert "not graded" in page and "handed in but not graded yet" in page
     done = run_course("grade", LESSON, "--course", str(course), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{len(KINDS) - len(before)} submissions graded now, {len(before)} already graded" in done.stdout

@@ -20,7 +20,6 @@ import struct
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from . import sandbox
 from .sandbox import Limits, Policy

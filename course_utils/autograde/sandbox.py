@@ -289,7 +289,7 @@ def _watch(policy: Policy, init: int, ready_r: int) -> dict:
                 continue
             if baseline is None:
                 continue
-            usage = watchdog.sample() if watchdog else Usage()
+            usage = watchdog.sample(ceiling=baseline + limits.memory_bytes) if watchdog else Usage()
             now = time.monotonic()
             samples, slowest, last = samples + 1, max(slowest, now - last), now
             held = usage.memory_bytes - baseline
@@ -315,7 +315,7 @@ def _watch(policy: Policy, init: int, ready_r: int) -> dict:
     return {"stopped": stopped, "status": status, "setup_error": error, "peak_memory_bytes": peak.memory_bytes,
             "peak_processes": peak.processes, "cpu_seconds": peak.cpu_seconds, "disk_bytes": peak.disk_bytes,
             "disk_full": peak.disk_bytes >= policy.limits.disk_bytes - (1 << 20), "samples": samples,
-            "slowest_interval": slowest}
+            "slowest_interval": slowest, "exact_readings": watchdog.exact_readings if watchdog else 0}
 
 
 def _namespaced(policy: Policy) -> bool:

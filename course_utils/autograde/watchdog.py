@@ -5,12 +5,14 @@ memory in `memfd` files and in its scratch tmpfs, which no process maps. The run
 the run's PID namespace) samples a `Watchdog` 40 times a second and stops the run when the sum is over:
 - memory: the proportional set size (pages shared by n processes count 1/n) of every process of the
   namespace, plus every `memfd` file they hold open (once, by inode), plus the pages of the scratch
-  tmpfs. Reading a process's proportional size (`smaps_rollup`) walks its page tables, about 15 ms
-  for a process that has torch imported, too slow for every process at every sample; so each
-  sample reads the kernel's O(1) counters of resident anonymous and shared-memory pages, and adds
-  their growth since the process's last exact reading to that reading. Fresh pages (how memory is
-  allocated fast) show in the counters at once; pages copied on write from the worker's, which the
-  counters cannot see, are caught by exact readings taken in turn, at most 10 a second.
+  tmpfs. Reading a process's proportional size (`smaps_rollup`) walks its page tables: 15 to 60 ms
+  for a process that has torch imported, far too slow for every process at every sample. So a
+  sample reads O(1) counters instead: each process's last exact reading plus the growth of its
+  resident anonymous and shared-memory pages since (fresh pages: how memory is allocated fast),
+  which is over the limit only if the run is. Pages copied on write from the worker's are
+  invisible to those counters, so an upper bound adds minor page faults times the page size;
+  when only that bound is over the limit, exact readings are taken, largest unverified growth
+  first, until the sum is under the limit or all exact.
 - CPU: user and system seconds of every process of the namespace, its reaped children included.
 Processes are found through the namespace's own /proc, seen from outside through its init's root,
 so a process that double-forks or calls `setsid` is still counted.
@@ -19,10 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 _TICKS = os.sysconf("SC_CLK_TCK")
-EXACT_EVERY = 0.1          # seconds between two exact (page-table walking) readings
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclasses.dataclass
@@ -39,7 +40,9 @@ class _Seen:
     start: bytes           # the process's start time: a reused pid is a new process
     exact: int             # proportional set size at the last exact reading (0 before the first)
     counters: int          # resident anonymous + shared-memory bytes at that reading
-    at: float              # when
+    faults: int            # minor page faults at that reading
+    fresh: int = 0         # growth of the counters since, at the latest sample
+    bound: int = 0         # exact + the most it can have grown since, at the latest sample
 
 
 class Watchdog:
@@ -54,7 +57,7 @@ class Watchdog:
         self.scratch = f"/proc/{init_pid}/root{scratch}" if scratch else None
         self.namespace = None if scratch else os.stat(f"/proc/{init_pid}/ns/pid").st_ino
         self.seen: dict[str, _Seen] = {}
-        self.last_exact = 0.0
+        self.exact_readings = 0
 
     def _pids(self) -> list[str]:
         pids = [p for p in os.listdir(self.proc) if p.isdigit()]
@@ -69,61 +72,65 @@ class Watchdog:
                 pass
         return mine
 
-    def sample(self, exact: bool = False) -> Usage:
-        """Sum over the namespace now; `exact=True` reads every process's proportional size."""
+    def sample(self, exact: bool = False, ceiling: int | None = None) -> Usage:
+        """Sum over the namespace now: every process read exactly (`exact`), else the upper bound,
+        made exact process by process while it is over `ceiling` bytes."""
         usage, memfds = Usage(), {}
         try:
             pids = self._pids()
         except OSError:
             return usage
-        now, current = time.monotonic(), {}
+        current = {}
         for pid in pids:
             base = f"{self.proc}/{pid}"
-            stat = _stat(base)
-            counters = _counters(base)
+            stat, counters = _stat(base), _counters(base)
             if stat is None or counters is None:
                 continue                              # ended between the listing and the reads
-            start, cpu = stat
+            start, cpu, faults = stat
             seen = self.seen.get(pid)
             if seen is None or seen.start != start:
-                seen = _Seen(start, 0, counters, now)     # its pages at birth are its parent's
+                seen = _Seen(start, 0, counters, faults)  # its pages at birth are its parent's
+            seen.fresh = max(0, counters - seen.counters)
+            seen.bound = seen.exact + max(seen.fresh, (faults - seen.faults) * _PAGE)
             current[pid] = seen
             usage.processes += 1
             usage.cpu_seconds += cpu
-            usage.memory_bytes += seen.exact + max(0, counters - seen.counters)
             _memfds(base, memfds)
         self.seen = current
-        if exact or now - self.last_exact >= EXACT_EVERY:
-            usage.memory_bytes += self._refresh(exact, now)
         usage.disk_bytes = _tmpfs_used(self.scratch) if self.scratch else 0
-        usage.memory_bytes += sum(memfds.values()) + usage.disk_bytes
+        outside = sum(memfds.values()) + usage.disk_bytes
+        usage.memory_bytes = outside + sum(s.exact + s.fresh for s in current.values())
+        if not exact and (ceiling is None or usage.memory_bytes > ceiling):
+            return usage                              # under no ceiling, or over it on fresh pages alone
+        bound = outside + sum(s.bound for s in current.values())
+        for pid in sorted(current, key=lambda p: current[p].exact - current[p].bound):
+            if not exact and bound <= ceiling:
+                break
+            bound += self._read_exactly(pid)
+        usage.memory_bytes = bound if exact or bound > ceiling else usage.memory_bytes
         return usage
 
-    def _refresh(self, every: bool, now: float) -> int:
-        """Exact readings (all, or the stalest process's); returns how much they changed the sum."""
-        self.last_exact = now
-        pids = list(self.seen) if every else sorted(self.seen, key=lambda p: self.seen[p].at)[:1]
-        change = 0
-        for pid in pids:
-            seen, base = self.seen[pid], f"{self.proc}/{pid}"
-            before = seen.exact + max(0, (_counters(base) or seen.counters) - seen.counters)
-            counters, pss = _counters(base), _pss(base)
-            if counters is None or pss is None:
-                continue
-            self.seen[pid] = _Seen(seen.start, pss, counters, now)
-            change += pss - before
-        return change
+    def _read_exactly(self, pid: str) -> int:
+        """Read one process's proportional size; returns how much that changed the sum."""
+        seen, base = self.seen[pid], f"{self.proc}/{pid}"
+        stat, counters, pss = _stat(base), _counters(base), _pss(base)
+        if stat is None or counters is None or pss is None:
+            return 0
+        self.exact_readings += 1
+        before = seen.bound
+        seen.exact, seen.counters, seen.faults, seen.fresh, seen.bound = pss, counters, stat[2], 0, pss
+        return pss - before
 
 
-def _stat(base: str) -> tuple[bytes, float] | None:
-    """(start time, CPU seconds with reaped children) of a process, or None if it is gone."""
+def _stat(base: str) -> tuple[bytes, float, int] | None:
+    """(start time, CPU seconds with reaped children, minor faults) of a process, or None if it is gone."""
     try:
         with open(f"{base}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    # After the command: state(0) ... utime(11) stime(12) cutime(13) cstime(14) ... starttime(19)
-    return fields[19], sum(int(x) for x in fields[11:15]) / _TICKS
+    # After the command: state(0) ... minflt(7) ... utime(11) stime(12) cutime(13) cstime(14) ... starttime(19)
+    return fields[19], sum(int(x) for x in fields[11:15]) / _TICKS, int(fields[7])
 
 
 def _counters(base: str) -> int | None:
