@@ -85,6 +85,7 @@ def serve(inp: int, out: int) -> None:
             if pid == 0:
                 code = 1
                 try:
+                    _die_with_parent()
                     code = _serve_one(inp, out, scratch)
                 finally:
                     os._exit(code)
@@ -121,10 +122,15 @@ def _rss() -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: this process gets SIGKILL when its parent ends (the grader, or the worker)."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)
+
+
 def main() -> None:
     """Entry point of the worker process (`python -m course_utils.autograde.worker`)."""
-    import ctypes
-    ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)        # PR_SET_PDEATHSIG: die with the grader
+    _die_with_parent()
     answer = os.dup(1)
     os.dup2(2, 1)                                  # stray prints must not corrupt the answers
     _warm_up()
