@@ -11,8 +11,10 @@ the run's PID namespace) samples a `Watchdog` 40 times a second and stops the ru
   resident anonymous and shared-memory pages since (fresh pages: how memory is allocated fast),
   which is over the limit only if the run is. Pages copied on write from the worker's are
   invisible to those counters, so an upper bound adds minor page faults times the page size;
-  when only that bound is over the limit, exact readings are taken, largest unverified growth
-  first, until the sum is under the limit or all exact.
+  when only that bound is over the limit, each sample also reads exactly the one process with the
+  largest unverified growth (never more, so a sample never waits for many page-table walks), and
+  the sum counts every exact reading done so far. (A thread cannot do the readings: the keeper has
+  entered a PID namespace for its children, and Linux then refuses it new threads.)
 - CPU: user and system seconds of every process of the namespace, its reaped children included.
 Processes are found through the namespace's own /proc, seen from outside through its init's root,
 so a process that double-forks or calls `setsid` is still counted.
@@ -73,51 +75,55 @@ class Watchdog:
         return mine
 
     def sample(self, exact: bool = False, ceiling: int | None = None) -> Usage:
-        """Sum over the namespace now: every process read exactly (`exact`), else the upper bound,
-        made exact process by process while it is over `ceiling` bytes."""
+        """Sum over the namespace now, every process read exactly (`exact`) or from its counters; when
+        only the upper bound is over `ceiling` bytes, one process (the least verified) is read exactly."""
         usage, memfds = Usage(), {}
         try:
             pids = self._pids()
         except OSError:
             return usage
-        current = {}
+        current, reads = {}, []
         for pid in pids:
             base = f"{self.proc}/{pid}"
             stat, counters = _stat(base), _counters(base)
             if stat is None or counters is None:
                 continue                              # ended between the listing and the reads
             start, cpu, faults = stat
+            reads.append((pid, start, counters, faults))
+            usage.processes += 1
+            usage.cpu_seconds += cpu
+            _memfds(base, memfds)
+        for pid, start, counters, faults in reads:
             seen = self.seen.get(pid)
             if seen is None or seen.start != start:
                 seen = _Seen(start, 0, counters, faults)  # its pages at birth are its parent's
             seen.fresh = max(0, counters - seen.counters)
             seen.bound = seen.exact + max(seen.fresh, (faults - seen.faults) * _PAGE)
             current[pid] = seen
-            usage.processes += 1
-            usage.cpu_seconds += cpu
-            _memfds(base, memfds)
         self.seen = current
         usage.disk_bytes = _tmpfs_used(self.scratch) if self.scratch else 0
         outside = sum(memfds.values()) + usage.disk_bytes
         usage.memory_bytes = outside + sum(s.exact + s.fresh for s in current.values())
-        if not exact and (ceiling is None or usage.memory_bytes > ceiling):
-            return usage                              # under no ceiling, or over it on fresh pages alone
         bound = outside + sum(s.bound for s in current.values())
-        for pid in sorted(current, key=lambda p: current[p].exact - current[p].bound):
-            if not exact and bound <= ceiling:
-                break
-            bound += self._read_exactly(pid)
-        usage.memory_bytes = bound if exact or bound > ceiling else usage.memory_bytes
+        by_growth = sorted(current, key=lambda p: current[p].exact - current[p].bound)
+        if exact:
+            for pid in by_growth:
+                bound += self._read_exactly(pid)
+            usage.memory_bytes = bound
+        elif ceiling is not None and usage.memory_bytes <= ceiling < bound:
+            usage.memory_bytes += self._read_exactly(by_growth[0], fresh=True)   # maybe over it: read one
         return usage
 
-    def _read_exactly(self, pid: str) -> int:
-        """Read one process's proportional size; returns how much that changed the sum."""
-        seen, base = self.seen[pid], f"{self.proc}/{pid}"
+    def _read_exactly(self, pid: str, fresh: bool = False) -> int:
+        """Read one process's proportional size; returns how much that changed the sum (of the
+        counter-based sum with `fresh`, else of the upper bound)."""
+        base = f"{self.proc}/{pid}"
         stat, counters, pss = _stat(base), _counters(base), _pss(base)
-        if stat is None or counters is None or pss is None:
+        seen = self.seen.get(pid)
+        if stat is None or counters is None or pss is None or seen is None or seen.start != stat[0]:
             return 0
         self.exact_readings += 1
-        before = seen.bound
+        before = seen.exact + seen.fresh if fresh else seen.bound
         seen.exact, seen.counters, seen.faults, seen.fresh, seen.bound = pss, counters, stat[2], 0, pss
         return pss - before
 
