@@ -226,7 +226,7 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
     run.peak_processes = max(run.peak_processes, int(report.get("peak_processes") or 0))
     stopped = report.get("stopped")
     if stopped:                                              # a limit of the whole run decides the reason
-        return running, f"cell {_label(running)} was stopped: {describe_limit(stopped)}"
+        return running, f"cell {_label(running)} was stopped: {_describe_limit(stopped)}"
     if report.get("error") or report.get("setup_error"):
         return None, f"the sandbox could not be set up ({report.get('error') or report.get('setup_error')})"
     if lost is None and not finished:
@@ -241,7 +241,7 @@ def _ran_out_of_memory(outputs: list) -> bool:
                for o in outputs)
 
 
-def describe_limit(stopped: dict) -> str:
+def _describe_limit(stopped: dict) -> str:
     """A limit the watchdog enforced, in words with its figures."""
     if stopped.get("limit") == "memory":
         return (f"its processes held {stopped['figure'] / 2**20:,.0f} MB, over the notebook's memory limit of "

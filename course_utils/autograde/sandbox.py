@@ -163,7 +163,6 @@ class Run:
     """A started run, as the worker holds it: the keeper's pid and its report pipe."""
     pid: int
     report_fd: int
-    started: float
 
     def stop(self, grace: float = 0.0) -> dict:
         """End the run (every process of it), after `grace` seconds to end by itself; the keeper's report."""
@@ -217,7 +216,7 @@ def start(policy: Policy, target, keep_fds: tuple[int, ...] = ()) -> Run:
         finally:
             os._exit(code)
     os.close(report_w)
-    return Run(pid, report_r, time.monotonic())
+    return Run(pid, report_r)
 
 
 def _write(fd: int, message: dict) -> None:

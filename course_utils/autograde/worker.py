@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,7 +97,6 @@ def serve(inp: int, out: int) -> None:
             if code != 0:
                 send(out, {"failed": f"the job process ended with {code}"})
     finally:
-        import shutil
         shutil.rmtree(scratch, ignore_errors=True)
 
 
