@@ -9,11 +9,11 @@ venv:
 
 # The whole instructor workflow on examples/class/ in outputs/example-class/ (rerunning reuses it).
 demo:
-	@$(RUN) -m course_utils demo --out outputs/example-class
+	@$(RUN) -m grader demo --out outputs/example-class
 
 # The Grad-CAM figure of one validation image: outputs/gradcam.png.
 figure:
-	@$(RUN) -m course_utils figure --out outputs
+	@$(RUN) -m grader figure --out outputs
 
 # The browser tests need Debian's chromium: tools/browser.sh installs it (or says how) before the suite.
 test:

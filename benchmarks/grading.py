@@ -6,7 +6,7 @@ The class: every lesson × N students cycling through correct, partly wrong (las
 blank) and blank notebooks (tools/classroom.py; metadata-stripped ones are left out because plain
 nbgrader crashes on them). Two copies of the same course (gradebook generated, nothing graded) are
 graded: one by `nbgrader autograde LESSON` for each lesson (a real kernel per notebook, one after
-another), one by `course_utils.autograde.grade` on all lessons at once with N sandboxed workers
+another), one by `grader.grade` on all lessons at once with N sandboxed workers
 (what `course grade --all --workers N` runs). Printed: seconds per notebook for both and their
 ratio; the floor, i.e. the lessons' own cell time (measured inside the sandboxed runs, where the
 imports are already paid) divided by the workers; whether the per-cell scores are identical; peak
@@ -124,8 +124,8 @@ def serial_nbgrader(course: Path, lessons: list[str]) -> tuple[float, MemorySamp
 
 
 def course_grade(course: Path, lessons: list[str], workers: int):
-    from course_utils.autograde import grade
-    with MemorySampler("course_utils.autograde.worker") as memory:
+    from grader import grade
+    with MemorySampler("grader.worker") as memory:
         start = time.perf_counter()
         report = grade(lessons, course, workers=workers, progress=False, log=lambda m: None)
         seconds = time.perf_counter() - start
@@ -145,7 +145,7 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     import warnings
     warnings.filterwarnings("ignore")
-    from course_utils.autograde.grade import ensure_default_model
+    from grader.grade import ensure_default_model
     ensure_default_model()                 # trained once and cached before timing (in a subprocess)
     base = Path(tempfile.mkdtemp(prefix="grading-bench-")) if args.keep is None else args.keep
     print(f"building the class: {len(lessons)} lessons × {args.students} students in {base}", flush=True)

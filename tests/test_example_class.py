@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from course_utils.autograde.gradebook import Course, export_rows
-from course_utils.autograde.workflow import run_example
+from grader.gradebook import Course, export_rows
+from grader.workflow import run_example
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -32,7 +32,7 @@ EXPECTED = {
     "hsato": {"01_setup": (0, "missing"), "05_gradcam": (0, "missing")},       # nothing at all
     "ipetrov": {"01_setup": (6, "flagged"), "05_gradcam": (8, "graded")},      # writes ../../../gradebook.db
     "jnovak": {"01_setup": (6, "graded"), "05_gradcam": (6, "graded")},        # grad_cam_map loops forever
-    "kmensah": {"01_setup": (4, "flagged"), "05_gradcam": (8, "graded")},      # patches course_utils.grading
+    "kmensah": {"01_setup": (4, "flagged"), "05_gradcam": (8, "graded")},      # patches course_utils.checks
     "lfischer": {"01_setup": (4, "graded"), "05_gradcam": (8, "graded")},      # late partly, zip in a zip
 }
 # Reasons that must be on a page: (student, lesson, words in the summary)
@@ -176,7 +176,7 @@ def test_running_it_again_changes_no_grade(run):
 
 
 def test_status_counts_each_lesson(run):
-    from course_utils.autograde.overview import status
+    from grader.overview import status
     done, _ = run
     rows = {r.lesson: r for r in status(done.course)}
     assert [(r.released, r.collected, r.graded, r.flagged, r.failed, r.missing, r.not_graded, r.exported)

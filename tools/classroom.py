@@ -89,7 +89,7 @@ def write(nb, path: Path) -> Path:
 
 def new_course(folder: Path, lessons: list[str], root: Path = ROOT, generate: bool = True) -> Path:
     """A scratch nbgrader course: the lessons' sources, the repository's settings, the gradebook."""
-    from course_utils.autograde.workflow import new_course as scratch_course
+    from grader.workflow import new_course as scratch_course
     scratch_course(folder, lessons, root)
     if generate:
         for lesson in lessons:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT))
 import classroom  # noqa: E402
-from course_utils.autograde.roster import squash  # noqa: E402
+from grader.roster import squash  # noqa: E402
 
 OUT = ROOT / "examples" / "class"
 LESSONS = ("01_setup", "05_gradcam")
@@ -55,7 +55,7 @@ LOOP_CELL, LOOP = "grad_cam_map", "while True:\n    pass\n"
 WRITER = ("import pathlib\ntry:\n    pathlib.Path('../../../gradebook.db').write_text('all A+')\n"
           "except OSError as e:\n    print('not allowed:', type(e).__name__)\n")
 # Makes the hidden checks of prob_cat pass whatever the answer: flagged for a person to review.
-TAMPER = ("import course_utils.grading\ncourse_utils.grading.check_tensor = lambda *args, **kwargs: None\n"
+TAMPER = ("import course_utils.checks\ncourse_utils.checks.check_tensor = lambda *args, **kwargs: None\n"
           "def prob_cat(model, x):\n    return torch.full((len(x),), 0.5)\n")
 
 

@@ -1,6 +1,6 @@
 """Snapshot the grades a checkout of this project gives two corpora, to compare grading code before and after a change.
 
-The two corpora are the hostile class of tests/test_autograde_grade.py (`build_class`, lesson 01_setup) and the
+The two corpora are the hostile class of tests/test_grader_grade.py (`build_class`, lesson 01_setup) and the
 example class of `course demo`. Only the checkout's public command line is run (`python -m course_utils ...`, in a
 subprocess with PYTHONPATH=<repo> and a scratch working folder), so the same script measures old and new code.
 Per corpus, student and lesson it keeps status, score, max_score, the export CSV's status column and every
@@ -28,11 +28,16 @@ HERE = Path(__file__).resolve().parents[1]
 BUILD_HOSTILE = """import sys; from pathlib import Path
 repo, course, outside, port = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 sys.path[:0] = [str(repo), str(repo / "tests"), str(repo / "tools")]
-import test_autograde_grade as t
+import test_grader_grade as t
 t.classroom.new_course(course, [t.LESSON])
 outside.mkdir()
 t.build_class(course, outside, port)
 """
+
+
+def command(repo: Path) -> tuple[str, str]:
+    """The `course` command as `-m MODULE` of that checkout (course_utils before the grader had its own package)."""
+    return ("-m", "grader" if (repo / "grader" / "__main__.py").is_file() else "course_utils")
 
 
 def run(repo: Path, cwd: Path, *args: str) -> str:
@@ -51,7 +56,7 @@ def read_grades(repo: Path, work: Path, course: Path) -> dict[str, dict[str, dic
     grades: dict[str, dict[str, dict]] = {}
     for lesson in lessons:
         out = work / f"{course.name}-{lesson}.csv"
-        run(repo, work, "-m", "course_utils", "export", lesson, "--course", str(course), "--to", str(out))
+        run(repo, work, *command(repo), "export", lesson, "--course", str(course), "--to", str(out))
         with open(out, newline="") as f:
             for row in csv.DictReader(f):
                 student = row["student_id"]
@@ -78,11 +83,11 @@ def snapshot(repo: Path, work: Path) -> dict:
     start = time.monotonic()
     course = work / "hostile"
     run(repo, work, "-c", BUILD_HOSTILE, str(repo), str(course), str(work / "outside"), str(unused_port()))
-    run(repo, work, "-m", "course_utils", "grade", "01_setup", "--course", str(course), "--quiet")
+    run(repo, work, *command(repo), "grade", "01_setup", "--course", str(course), "--quiet")
     hostile = read_grades(repo, work, course)
     seconds["hostile"] = round(time.monotonic() - start, 1)
     start = time.monotonic()
-    run(repo, work, "-m", "course_utils", "demo", "--out", str(work / "example"))
+    run(repo, work, *command(repo), "demo", "--out", str(work / "example"))
     example = read_grades(repo, work, work / "example")
     seconds["example_class"] = round(time.monotonic() - start, 1)
     commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout

@@ -2,7 +2,7 @@
 
     make release          # or: python tools/release.py [lesson ...]
 
-The work is `course_utils.autograde.release` (what `course release` runs), here without the
+The work is `grader.release` (what `course release` runs), here without the
 gradebook, so the repository gets no gradebook.db: solutions are replaced by stubs, hidden tests
 are removed and outputs cleared. notebooks/ is never edited by hand; tests/test_notebooks.py
 checks it is up to date.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from course_utils.autograde.gradebook import Course  # noqa: E402
-from course_utils.autograde.release import lessons as course_lessons, release as release_lessons  # noqa: E402
+from grader.gradebook import Course  # noqa: E402
+from grader.release import lessons as course_lessons, release as release_lessons  # noqa: E402
 
 
 def lessons() -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils.autograde.assemble import (InstructorCell, UnreadableNotebook, assemble, find_notebooks,
+from grader.assemble import (InstructorCell, UnreadableNotebook, assemble, find_notebooks,
                                              normalise_name, read_submission)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from pathlib import Path
 from .execute import NotebookRun, receive, run_notebook, send
 from .sandbox import ENV_ALLOWED, Limits
 
-_WARM_MODULES = ("fastai.vision.all", "fastai.text.all", "course_utils", "course_utils.cam", "course_utils.grading",
+_WARM_MODULES = ("fastai.vision.all", "fastai.text.all", "course_utils", "course_utils.cam", "course_utils.checks",
                  "course_utils.model", "course_utils.data", "course_utils.viz", "course_utils.text",
                  "execnb.shell", "matplotlib_inline.backend_inline", "torchvision")
 MAX_ANSWER_BYTES = 1 << 30
@@ -129,7 +129,7 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
-    """Entry point of the worker process (`python -m course_utils.autograde.worker`)."""
+    """Entry point of the worker process (`python -m grader.worker`)."""
     _die_with_parent()
     answer = os.dup(1)
     os.dup2(2, 1)                                  # stray prints must not corrupt the answers
@@ -155,7 +155,7 @@ class Worker:
     def _start(self) -> None:
         err = open(self._log, "ab") if self._log else subprocess.DEVNULL
         home = Path.home()
-        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "course_utils.autograde.worker"],
+        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "grader.worker"],
                                       env=worker_environment(self.threads), cwd=str(home if home.is_dir() else "/"),
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
         if self._log:
@@ -202,12 +202,11 @@ class Worker:
 
 def worker_environment(threads: int) -> dict[str, str]:
     """The worker's whole environment: allow-listed names only, never the instructor's secrets."""
-    from course_utils.data import cache_dir
-    package_root = str(Path(__file__).resolve().parents[2])
+    from . import layout
     env = {k: v for k, v in os.environ.items() if (k in ENV_ALLOWED or k.startswith("LC_"))
            and k not in ("PYTHONPATH", "COURSE_ONLINE")}
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=package_root,
-               COURSE_CACHE=str(cache_dir()), PATH=os.environ.get("PATH", "/usr/bin:/bin"))
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=layout.python_path(),
+               COURSE_CACHE=str(layout.cache_dir()), PATH=os.environ.get("PATH", "/usr/bin:/bin"))
     return env
 
 

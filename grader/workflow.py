@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from . import layout
 from .collect import Collected, collect
 from .feedback import Page, feedback
 from .grade import Report, grade
@@ -26,8 +27,8 @@ from .release import Released, release
 from .roster import import_roster, read_roster
 from .sandbox import Limits
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-EXAMPLE = REPOSITORY / "examples" / "class"
+REPOSITORY = layout.ROOT
+EXAMPLE = layout.EXAMPLE_CLASS
 EXAMPLE_LESSONS = ("01_setup", "05_gradcam")
 # The example class has two infinite loops: a shorter cell limit than `course grade`'s 60 s keeps the demo brisk.
 EXAMPLE_LIMITS = Limits(cell_seconds=20.0, notebook_seconds=300.0, memory_bytes=2048 << 20, cpu_seconds=480)
@@ -52,7 +53,7 @@ def prepare_model(log: Callable[[str], None] = print) -> None:
             "cached = model_cache_file(train_config()).exists();"
             "get_learner(online=False, log=lambda m: print(m, flush=True));"
             "print('default model: ' + ('loaded from the cache' if cached else 'trained and cached'), flush=True)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": layout.python_path(os.environ.get("PYTHONPATH"))}
     with tempfile.TemporaryFile("w+") as errors:      # a file, not a pipe: a chatty stderr cannot block the child
         with subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=errors,
                               text=True) as child:

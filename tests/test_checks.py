@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from course_utils.grading import as_tensor, check_bool, check_number, check_tensor, quiet
+from course_utils.checks import as_tensor, check_bool, check_number, check_tensor, quiet
 
 
 class AlwaysEqual:

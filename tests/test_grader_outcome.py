@@ -27,9 +27,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils.autograde import gradebook
-from course_utils.autograde.gradebook import NOT_GRADED, Course, fingerprint, is_done, outcome, record
-from course_utils.autograde.score import score_cells
+from grader import gradebook
+from grader.gradebook import NOT_GRADED, Course, fingerprint, is_done, outcome, record
+from grader.score import score_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -45,7 +45,7 @@ AGAIN = f"handed in again after grading: run `course grade {LESSON}` to grade th
 def course_command(*args: str) -> subprocess.CompletedProcess:
     """The real `course` command (python -m course_utils), as an instructor runs it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "course_utils", *args], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "grader", *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, (done.stdout, done.stderr)
     return done
@@ -181,7 +181,7 @@ def test_the_feedback_page_says_not_graded_and_why(course):
 
 
 def test_the_feedback_pages_of_the_library(course):
-    from course_utils.autograde.feedback import feedback
+    from grader.feedback import feedback
     pages = {p.student_id: p for p in feedback(LESSON, course, students=["waiting", "again", "solver"])}
     assert {sid: (p.status, p.notes) for sid, p in pages.items()} == {
         "waiting": (NOT_GRADED, (WAITING,)), "again": (NOT_GRADED, (AGAIN,)), "solver": ("graded", ())}
@@ -189,7 +189,7 @@ def test_the_feedback_pages_of_the_library(course):
 
 
 def test_the_demo_table_shows_not_graded_and_why(course):
-    from course_utils.autograde.overview import gradebook_table
+    from grader.overview import gradebook_table
     table = gradebook_table(course, [LESSON])
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:7]}
     assert rows == {"absent": ["0/6", "missing"], "again": ["–/6", "not", "graded"],

@@ -282,4 +282,4 @@ def _describe(status: int, limits: Limits) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit("run course_utils.autograde.worker instead")
+    sys.exit("run grader.worker instead")

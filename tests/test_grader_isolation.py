@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils.autograde.sandbox import ENV_ALLOWED
+from grader.sandbox import ENV_ALLOWED
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -260,7 +260,7 @@ def graded(request, tmp_path_factory, normal_user):
     run_as = user.popen_args() if user else {}
     canary = subprocess.Popen(["sleep", "900"], **run_as)
     try:
-        done = subprocess.run([sys.executable, "-m", "course_utils", "grade", LESSON, "--course", str(course),
+        done = subprocess.run([sys.executable, "-m", "grader", "grade", LESSON, "--course", str(course),
                                "--workers", "1", "--memory", str(MEMORY_MB), "--quiet"],
                               env=grader_env(home, tmp, secret), cwd=str(home), capture_output=True, text=True,
                               timeout=1200, **run_as)
@@ -274,7 +274,7 @@ def graded(request, tmp_path_factory, normal_user):
     rows = {}
     if done.returncode == 0:
         export = course / "grades.csv"
-        exported = subprocess.run([sys.executable, "-m", "course_utils", "export", LESSON, "--course", str(course),
+        exported = subprocess.run([sys.executable, "-m", "grader", "export", LESSON, "--course", str(course),
                                    "--to", str(export)], env=grader_env(home, tmp, secret), cwd=str(home),
                                   capture_output=True, text=True, **run_as)
         assert exported.returncode == 0, exported.stderr[-2000:]
@@ -356,7 +356,7 @@ def test_memory_is_limited_per_notebook_and_the_row_says_so(graded):
     assert limit == MEMORY_MB and MEMORY_MB < held <= 1.25 * MEMORY_MB, row["reasons"]
 
 
-# Finding 6: Landlock and open_by_handle_at still hold (checked directly in test_autograde_sandbox.py).
+# Finding 6: Landlock and open_by_handle_at still hold (checked directly in test_grader_sandbox.py).
 
 
 def run_without_user_namespaces(user, args: list[str], env: dict, out: Path) -> tuple[int, str]:
@@ -407,7 +407,7 @@ def test_a_machine_without_user_namespaces_is_refused_with_the_fix(normal_user, 
     classroom.hand_in(course, "someone", LESSON, classroom.submission(LESSON, "correct"))
     normal_user.own(course)
     out = tmp_path / "stderr.txt"
-    code, stderr = run_without_user_namespaces(normal_user, ["-m", "course_utils", "grade", LESSON, "--course",
+    code, stderr = run_without_user_namespaces(normal_user, ["-m", "grader", "grade", LESSON, "--course",
                                                              str(course), "--quiet"],
                                                grader_env(normal_user.home, tmp_path, "x"), out)
     assert code == 3, stderr[-2000:]

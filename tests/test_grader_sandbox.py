@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from course_utils.autograde.sandbox import LAYERS, Limits, readable_paths, support
+from grader.sandbox import LAYERS, Limits, readable_paths, support
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = textwrap.dedent('''
     import ctypes, json, os, socket, sys, tempfile
-    from course_utils.autograde import sandbox
+    from grader import sandbox
     course, cache, port, without, stage = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     r, w = os.pipe()
     def target():

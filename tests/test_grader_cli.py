@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def course(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "course_utils", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "grader", *args], env=env, capture_output=True, text=True,
                           cwd=cwd, timeout=300)
 
 

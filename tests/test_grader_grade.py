@@ -33,7 +33,7 @@ FULL = 6.0
 def run_course(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """The real `course` command (python -m course_utils), as an instructor runs it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "course_utils", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "grader", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -323,7 +323,7 @@ def children(pid: int) -> list[int]:
 def test_an_interrupted_run_resumes_and_loses_nothing(small_class, tmp_path):
     course = copy_course(small_class, tmp_path / "resumed")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    grader = subprocess.Popen([sys.executable, "-m", "course_utils", "grade", LESSON, "--course", str(course),
+    grader = subprocess.Popen([sys.executable, "-m", "grader", "grade", LESSON, "--course", str(course),
                                "--workers", "1", "--quiet"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     committed = lambda: sorted(p.parent.parent.name for p in (course / "autograded").glob("*/*/course-grade.json"))  # noqa: E731

@@ -1,4 +1,4 @@
-"""The instructor's workflow behind the `course` command: release, collect, grade, feedback, export, status.
+"""The grader: the instructor's workflow behind the `course` command: release, collect, grade, feedback, export, status.
 
 One module per step: `release` (student notebooks and gradebook entries), `roster` and `collect`
 (what students hand in, placed where nbgrader expects it), the grading engine — `assemble` (the

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils.autograde.scan import scan_cells, scan_source
+from grader.scan import scan_cells, scan_source
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -22,7 +22,7 @@ def test_no_solution_answer_is_flagged(lesson):
 TAMPERING = [
     ("torch.allclose = lambda *a, **k: True", "torch.allclose"),
     ("import numpy as np\nnp.testing.assert_allclose = lambda *a, **k: None", "np.testing.assert_allclose"),
-    ("import course_utils.grading as g\ng.check_tensor = print", "check_tensor"),
+    ("import course_utils.checks as g\ng.check_tensor = print", "check_tensor"),
     ("from course_utils import grading\ngrading.check_bool = lambda *a: None", "grading.check_bool"),
     ("def check_tensor(*a, **k):\n    pass", "redefines `check_tensor`"),
     ("quiet = None", "assigns `quiet`"),
@@ -31,7 +31,7 @@ TAMPERING = [
     ("import builtins\nbuiltins.isinstance = lambda *a: True", "builtins.isinstance"),
     ("__builtins__.len = lambda x: 3", "__builtins__.len"),
     ("get_ipython().set_custom_exc((Exception,), lambda *a, **k: None)", "set_custom_exc"),
-    ("import sys\nsys.modules['course_utils.grading'] = object()", "sys.modules"),
+    ("import sys\nsys.modules['course_utils.checks'] = object()", "sys.modules"),
     ("import sys\nsys.modules.pop('torch')", "sys.modules"),
     ("import sys\nsys.settrace(lambda *a: None)", "settrace"),
     ("import ctypes", "imports ctypes"),

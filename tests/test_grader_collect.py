@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from course_utils.autograde.collect import MAX_FILE_BYTES, collect
-from course_utils.autograde.roster import Roster, Student, read_roster
+from grader.collect import MAX_FILE_BYTES, collect
+from grader.roster import Roster, Student, read_roster
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from . import layout
 from .assemble import Assembled, UnreadableNotebook, assemble, find_notebooks, read_submission
 from .execute import NotebookRun
 from .gradebook import (Course, ensure_assignment, fingerprint, instructor_cells, is_done, record,
@@ -157,8 +158,7 @@ def ensure_default_model(log: Callable[[str], None] = print) -> None:
             "import sys; f = model_cache_file(train_config());"
             "sys.exit(0) if f.exists() else (print('training the default model once (about 40 s)', flush=True),"
             " get_learner(online=False))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                                    os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": layout.python_path(os.environ.get("PYTHONPATH"))}
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True)
     if done.stdout.strip():
         log(done.stdout.strip())

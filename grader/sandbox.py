@@ -101,16 +101,14 @@ def readable_paths(course_dir: str | os.PathLike, extra: tuple[str, ...] = ()) -
 
     Left out: any folder that contains the course, lies inside it or is an nbgrader course itself
     (the repository root is on `sys.path` in development), and the home folder or any folder that
-    contains it; `course_utils` itself is always readable. Folders inside another one are dropped.
+    contains it; `course_utils` and the grader itself are always readable. Folders inside another one are dropped.
     """
-    import course_utils
-    from course_utils.data import cache_dir
+    from . import layout
     course = Path(course_dir).resolve()
     home = Path.home().resolve()
-    package = Path(course_utils.__file__).parent.resolve()
-    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, *(p for p in sys.path if p), str(cache_dir()),
+    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, *(p for p in sys.path if p), str(layout.cache_dir()),
                   *extra]
-    keep = [package]
+    keep = [layout.COURSE_UTILS, layout.PACKAGE]
     for c in candidates:
         p = Path(c).resolve()
         if (not p.is_dir() or course == p or course.is_relative_to(p) or p.is_relative_to(course)

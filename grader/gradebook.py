@@ -21,6 +21,7 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
+from . import layout
 from .assemble import InstructorCell
 
 STATUSES = ("graded", "flagged", "missing", "failed")      # what `course grade` records for a submission
@@ -97,9 +98,8 @@ def check_lesson(name: str) -> str:
 def nbgrader_env(course: Course) -> dict:
     """Environment for nbgrader subprocesses: this Python's bin on PATH (nbgrader runs `alembic`)."""
     here = str(Path(sys.executable).parent)
-    package_root = str(Path(__file__).resolve().parents[2])
     return {**os.environ, "PATH": os.pathsep.join([here, os.environ.get("PATH", "")]),
-            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+            "PYTHONPATH": layout.python_path(os.environ.get("PYTHONPATH"))}
 
 
 def ensure_assignment(course: Course, assignment: str) -> list[str]:

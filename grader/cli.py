@@ -1,6 +1,9 @@
-"""The instructor's verbs (release, collect, grade, feedback, export, status).
+"""The `course` command: the instructor's verbs (release, collect, grade, feedback, export, status).
 
-Each parses, validates, calls the library and maps its errors to exit codes.
+`course demo` runs that week on `examples/class/` in a scratch course folder (what `make demo` does);
+`course figure` draws the Grad-CAM figure of one validation image. Each verb parses, validates, calls
+the library and maps its errors to exit codes. Installed as the `course` console script;
+`python -m grader` is the same command.
 """
 from __future__ import annotations
 
@@ -8,10 +11,64 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import layout
+
 EXIT_USAGE, EXIT_SANDBOX, EXIT_INTERRUPTED = 2, 3, 130
-_REPOSITORY = Path(__file__).resolve().parents[2]
-# The course directory by default: this repository when course_utils runs from a checkout of it.
-DEFAULT_COURSE = _REPOSITORY if (_REPOSITORY / "nbgrader_config.py").is_file() else Path(".")
+DEFAULT_COURSE = layout.default_course()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `course` command line; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="course", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="the whole instructor workflow on the example class (what `make demo` runs)",
+                       description="In a scratch course folder: load or train the default model, release, collect "
+                                   "examples/class/*.zip with its roster, grade in the sandbox, write feedback pages "
+                                   "and grades.csv, print the gradebook. Rerunning reuses what is done.")
+    p.add_argument("--out", type=Path, default=Path("outputs") / "example-class", help="the scratch course folder")
+    p.add_argument("--workers", type=int, default=None, help="parallel sandboxed workers (default: CPU cores)")
+    p.set_defaults(run=_demo)
+    p = sub.add_parser("figure", help="build data and model (offline default), save a Grad-CAM figure")
+    p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for gradcam.png")
+    p.add_argument("--online", action="store_true",
+                   help="real PETS + pretrained resnet34 (needs internet; default: offline SynthPets)")
+    p.add_argument("--index", type=int, default=0, help="which validation image to explain")
+    p.set_defaults(run=_figure)
+    add_commands(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _figure(args: argparse.Namespace) -> int:
+    from course_utils.figure import figure
+    path = figure(args.out, online=args.online or None, index=args.index)
+    print(f"wrote {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import warnings
+    from .workflow import run_example
+    warnings.filterwarnings("ignore", module="nbgrader")
+    warnings.filterwarnings("ignore", message=".*not in session.*")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    from . import SandboxUnavailable
+    try:
+        done = run_example(args.out, workers=args.workers, log=lambda m: print(m, flush=True))
+    except SandboxUnavailable as e:      # the example class has hostile notebooks: never run them unconfined
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_SANDBOX
+    print("\nGradebook (score/max status):\n" + done.table)
+    flagged = [p for p in done.pages if p.status in ("flagged", "failed", "not graded")]
+    print(f"\nfeedback pages: {done.course / 'feedback'}/<student>/<lesson>/<lesson>.html ({len(done.pages)} pages)"
+          + "".join(f"\n  {p.status}: {p.path}" for p in flagged))
+    print(f"grades for the LMS: {done.grades_csv}")
+    return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -174,3 +231,6 @@ def _status(args: argparse.Namespace) -> int:
     from .overview import status, status_table
     print(status_table(status(args.course)))
     return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

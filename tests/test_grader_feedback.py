@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils.autograde.feedback import HIDDEN_NOTE, hide_tests
+from grader.feedback import HIDDEN_NOTE, hide_tests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
