@@ -1,5 +1,13 @@
 """Checks used by the notebooks' test cells: judge the answer, not its warnings, and trust no look-alike.
 
+A test cell is written once and runs in two modes. `with examine(globals()) as S:` gives the test
+`S`, the student's notebook: `S.name` is one of its names, `S.f(x)` calls its function `f`. In the
+notebook itself (Validate, plain `nbgrader autograde`, Colab), `S` is the notebook's own namespace.
+Under `course grade`, the test runs in the grader's examiner process instead, and `S` asks the
+student's process for values over a channel, so the student's code never sees the test and cannot
+decide its verdict. `S.send(value)` puts a copy of a tensor or a torch.nn model in the notebook and
+returns the notebook's copy (the examiner keeps its own to compute what to expect).
+
 nbgrader gives 0 to a test cell that writes anything to stderr, so a correct answer that happens to
 warn (the book's `register_backward_hook` does) would lose its points: `quiet()` keeps warnings and
 stderr out of the cell. A student's cell can also return an object whose `==` is always true, or
@@ -9,6 +17,7 @@ replace `torch.allclose`: the checks below use functions captured when course_ut
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import warnings
@@ -16,7 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["quiet", "check_tensor", "check_number", "check_bool", "as_tensor"]
+__all__ = ["examine", "quiet", "check_tensor", "check_number", "check_bool", "as_tensor"]
 
 _allclose, _isfinite, _as_subclass = torch.allclose, torch.isfinite, torch.Tensor.as_subclass
 _isinstance, _type, _float = isinstance, type, float
@@ -30,6 +39,50 @@ def quiet() -> Iterator[list]:
         yield caught
 
 
+class InProcess:
+    """`S` when a test runs in the notebook's own process: its names, and copies of what is sent."""
+
+    def __init__(self, namespace: dict):
+        self._namespace = namespace
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self._namespace[name]
+        except KeyError:
+            raise AssertionError(f"`{name}` is not defined: run the cell that defines it, "
+                                 "and keep its name") from None
+
+    def send(self, value: Any) -> Any:
+        """A copy of `value`, as the examiner's process would put in the notebook."""
+        return copy.deepcopy(value)
+
+
+_examiner: Any = None       # set in the grader's examiner process only
+
+
+def use_examiner(student: Any) -> None:
+    """For the grader's examiner process: `examine()` then gives this remote view of the notebook."""
+    global _examiner
+    _examiner = student
+
+
+@contextlib.contextmanager
+def examine(namespace: dict) -> Iterator[Any]:
+    """`with examine(globals()) as S:` the body of a test cell, quiet, with `S` the student's notebook."""
+    if not isinstance(namespace, dict):
+        raise TypeError("examine() takes the notebook's namespace: examine(globals())")
+    with quiet():
+        yield _examiner if _examiner is not None else InProcess(namespace)
+
+
+def _type_name(value: Any) -> str:
+    """The name of a value's type; for an object of the student's process, the type it has there."""
+    remote = getattr(_type(value), "__slots__", ())
+    return value.__student_type__ if "__student_type__" in remote else _type(value).__name__
+
+
 def _genuine(value: Any) -> bool:
     """A torch.Tensor, or one of fastai's tensor types (which do not redefine comparison)."""
     cls = _type(value)
@@ -39,7 +92,7 @@ def _genuine(value: Any) -> bool:
 def as_tensor(value: Any, name: str = "your result") -> torch.Tensor:
     """`value` as a plain, detached CPU tensor, or an AssertionError saying what was returned instead."""
     if not _genuine(value):
-        raise AssertionError(f"{name} should be a torch.Tensor, but it is a {_type(value).__name__}")
+        raise AssertionError(f"{name} should be a torch.Tensor, but it is a {_type_name(value)}")
     return _as_subclass(value, torch.Tensor).detach().cpu()
 
 
@@ -69,7 +122,7 @@ def check_number(value: Any, expected: float, name: str = "your result", rel: fl
             raise AssertionError(f"{name} should be one number, got a tensor of shape {tuple(value.shape)}")
         value = value.item()
     if _type(value) not in (int, float):
-        raise AssertionError(f"{name} should be a number, but it is a {_type(value).__name__}")
+        raise AssertionError(f"{name} should be a number, but it is a {_type_name(value)}")
     if not math.isclose(_float(value), _float(expected), rel_tol=rel, abs_tol=abs_tol):
         raise AssertionError(f"{name} is {value}, which is not the expected value")
 
@@ -77,6 +130,6 @@ def check_number(value: Any, expected: float, name: str = "your result", rel: fl
 def check_bool(value: Any, expected: bool, name: str = "your result") -> None:
     """Assert that `value` is exactly True or False (not a truthy look-alike) and equals `expected`."""
     if _type(value) is not bool:
-        raise AssertionError(f"{name} should be True or False, but it is a {_type(value).__name__}")
+        raise AssertionError(f"{name} should be True or False, but it is a {_type_name(value)}")
     if value is not expected:
         raise AssertionError(f"{name} is {value}, expected {expected}")

@@ -16,12 +16,14 @@ import os
 import select
 import shutil
 import signal
+import socket
 import struct
 import sys
 import tempfile
 import time
 
 from . import sandbox
+from .examiner import Examiner
 from .sandbox import Limits, Policy
 
 MAX_ATTEMPTS = 4                    # a notebook is re-run at most this often after a lost cell
@@ -124,15 +126,26 @@ def cap_outputs(outputs: list, max_bytes: int) -> list:
 
 
 # ----------------------------------------------------------------------------- the child
-def _child(cells: list[tuple[int, str]], skipped: dict[int, str], limits: Limits, fd: int, threads: int) -> None:
-    """Runs in the confined notebook process: run the cells, reporting each one on the run's channel."""
+def _child(cells: list[tuple[int, str | None]], skipped: dict[int, str], limits: Limits, fd: int, threads: int,
+           exam_fd: int | None = None) -> None:
+    """Runs in the confined notebook process: run the cells, reporting each one on the run's channel.
+
+    A cell without source is a test the examiner runs: this process only answers its questions
+    (`student_side`) and reports nothing about it."""
     import torch
     torch.set_num_threads(threads)
     from execnb.shell import CaptureShell
+    from .student_side import serve_test
     shell = CaptureShell(path=os.getcwd(), mpl_format="png")
     sys.path[:] = [p for p in sys.path if p and os.path.isabs(p)]    # IPython adds the current folder
     limit = limits.cell_seconds
     for index, source in cells:
+        if source is None and index not in skipped:
+            try:
+                serve_test(exam_fd, shell.user_ns, index, limit + REPORT_GRACE)
+            except Exception:               # the examiner has the verdict; go on with the notebook
+                pass
+            continue
         send(fd, {"start": index})
         start = time.monotonic()
         if index in skipped:
@@ -150,17 +163,26 @@ def _child(cells: list[tuple[int, str]], skipped: dict[int, str], limits: Limits
 
 
 # ----------------------------------------------------------------------------- the worker's side
-def run_notebook(cells: list[tuple[int, str]], readable: tuple[str, ...], limits: Limits,
+@dataclasses.dataclass(frozen=True)
+class Exam:
+    """The examiner's part of one notebook: who runs its test cells, and which cells they are."""
+    examiner: Examiner
+    notebook: str
+    tests: frozenset[int]               # indices of the test cells (sourceless in the cells to run)
+
+
+def run_notebook(cells: list[tuple[int, str | None]], readable: tuple[str, ...], limits: Limits,
                  scratch: str, threads: int = 1, isolate: bool = True,
-                 without: frozenset[str] = frozenset()) -> NotebookRun:
-    """Run the code cells (index, source) in sandboxed runs until all are accounted for."""
+                 without: frozenset[str] = frozenset(), exam: Exam | None = None) -> NotebookRun:
+    """Run the code cells (index, source) in sandboxed runs until all are accounted for; with `exam`,
+    the examiner runs the test cells."""
     run, skipped = NotebookRun(), {}
     start = time.monotonic()
     deadline = start + limits.notebook_seconds
     while True:
         run.attempts += 1
         policy = Policy(readable=readable, limits=limits, isolate=isolate, without=without)
-        lost = _attempt(cells, skipped, policy, scratch, threads, deadline, run)
+        lost = _attempt(cells, skipped, policy, scratch, threads, deadline, run, exam)
         if lost is None:
             break
         index, why = lost
@@ -175,21 +197,33 @@ def run_notebook(cells: list[tuple[int, str]], readable: tuple[str, ...], limits
     return run
 
 
-def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadline: float, run: NotebookRun):
+def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadline: float, run: NotebookRun,
+             exam: Exam | None = None):
     """One sandboxed run. Returns None when every cell reported, else (index of the lost cell or None, why)."""
     limits = policy.limits
     folder = tempfile.mkdtemp(prefix="run-", dir=scratch)   # the private root's stage, or the unconfined workdir
     policy = dataclasses.replace(policy, stage=folder, workdir=folder)
     r, w = os.pipe()
-    sandboxed = sandbox.start(policy, lambda: _child(cells, skipped, limits, w, threads), keep_fds=(w,))
+    examiner = _ExaminerRun(exam, skipped, limits) if exam else None
+    exam_fd = examiner.student_fd if examiner else None
+    sandboxed = sandbox.start(policy, lambda: _child(cells, skipped, limits, w, threads, exam_fd),
+                              keep_fds=(w,) if exam_fd is None else (w, exam_fd))
     os.close(w)
+    if examiner:
+        examiner.started()
     running, lost, finished = None, None, False
+    now = {}                             # per source (r, the examiner's reports): the cell it runs
     max_message = 4 * limits.output_bytes + (1 << 16)
+    sources = [r] + ([examiner.reports] if examiner else [])
+    current = lambda: next((now[fd] for fd in reversed(sources) if now.get(fd) is not None), now.get(r))  # noqa: E731
+    tests = exam.tests if exam else frozenset()
     try:
         while True:
+            running = current()              # a test in progress, else the notebook's own cell
             wait_until = min(deadline, time.monotonic() + limits.cell_seconds + REPORT_GRACE)
             try:
-                message = receive(r, wait_until, max_message)
+                fd = _next_ready(sources, wait_until)
+                message = receive(fd, wait_until, max_message)
             except TimeoutError:
                 over = time.monotonic() >= deadline
                 lost = (None if over else running,
@@ -199,20 +233,31 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
             except ValueError as e:
                 lost = (running, f"cell {_label(running)} broke the grader's channel ({e})")
                 break
+            from_examiner = fd != r
+            running = now.get(fd)
             if message is None:
+                if from_examiner:                              # the examiner ran its last test
+                    sources.remove(fd)
+                    continue
                 break
+            # a test cell's outputs come from the examiner alone (or are the grader's own "not run")
+            allowed = (lambda i: i in tests) if from_examiner else (lambda i: i not in tests or i in skipped)
             if "start" in message:
-                running = _expect_index(message["start"], cells)
-            elif "done" in message and message["done"] == running:
+                running = now[fd] = _expect_index(message["start"], cells)
+                if not allowed(running):
+                    lost = (running, f"cell {_label(running)} sent the grader a message about a test cell")
+                    break
+            elif "done" in message and message["done"] == running and allowed(running):
+                now[fd] = None
                 run.outputs[running] = list(message.get("outputs") or [])
                 run.seconds[running] = float(message.get("seconds", 0.0))
                 if _ran_out_of_memory(run.outputs[running]):
                     run.events.append(f"cell {_label(running)} ran out of memory (MemoryError): one process of a "
                                       f"notebook may add {limits.memory_bytes / 2**20:,.0f} MB")
-            elif "timeout" in message and message["timeout"] == running:
+            elif "timeout" in message and message["timeout"] == running and allowed(running):
                 lost = (running, f"cell {_label(running)} ran for more than {limits.cell_seconds:.0f} s")
                 break
-            elif message.get("finished"):
+            elif message.get("finished") and not from_examiner:
                 finished = True
                 break
             else:
@@ -220,6 +265,9 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
                 break
     finally:
         os.close(r)
+        if examiner:
+            examiner.stop()
+        running = running if lost else current()
         report = sandboxed.stop(grace=2.0 if lost is None and not finished else 0.0)
         _remove(folder)
     run.max_rss_bytes = max(run.max_rss_bytes, int(report.get("peak_memory_bytes") or 0))
@@ -234,6 +282,38 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
     if report.get("disk_full") and lost is None:
         run.events.append(f"the notebook filled its {limits.disk_bytes >> 20} MB of disk")
     return lost
+
+
+class _ExaminerRun:
+    """The examiner's side of one sandboxed run: the student's end of its channel, and its reports."""
+
+    def __init__(self, exam: "Exam", skipped: dict[int, str], limits: Limits):
+        student, ours = socket.socketpair()
+        self.student_fd = student.detach()
+        self.reports, report_w = os.pipe()
+        self.pid = exam.examiner.run(exam.notebook, set(skipped), limits.cell_seconds, ours.fileno(), report_w)
+        ours.close()
+        os.close(report_w)
+
+    def started(self) -> None:
+        """The notebook's run has its end of the channel: this process lets go of it."""
+        os.close(self.student_fd)
+
+    def stop(self) -> None:
+        os.close(self.reports)
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _next_ready(fds: list[int], deadline: float) -> int:
+    """The first of `fds` with something to read (the examiner's reports before the notebook's frames)."""
+    left = deadline - time.monotonic()
+    ready = select.select(fds, [], [], max(0.0, left))[0] if left > 0 else []
+    if not ready:
+        raise TimeoutError("no message before the deadline")
+    return next(fd for fd in reversed(fds) if fd in ready)
 
 
 def _ran_out_of_memory(outputs: list) -> bool:

@@ -23,7 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from .execute import NotebookRun, receive, run_notebook, send
+from .examiner import Examiner
+from .execute import Exam, NotebookRun, receive, run_notebook, send
 from .sandbox import ENV_ALLOWED, Limits
 
 _WARM_MODULES = ("fastai.vision.all", "fastai.text.all", "course_utils", "course_utils.cam", "course_utils.checks",
@@ -38,24 +39,48 @@ class WorkerDied(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One submission's notebooks to run: name -> [(cell index, source)], plus how to run them."""
+    """One submission's notebooks to run: name -> [(cell index, source)], plus how to run them.
+
+    A cell whose source is None is a test cell the examiner runs: its source is in `tests`
+    (name -> [(index, label, source)]) and `setup` (name -> the lesson's setup cells, the
+    instructor's) is where its tests start from; both travel in a frame of their own after the
+    job's (`tests_json`), which only the examiner reads.
+    """
     key: str
-    notebooks: dict[str, list[tuple[int, str]]]
+    notebooks: dict[str, list[tuple[int, str | None]]]
     course_dir: str
     limits: Limits = Limits()
     threads: int = 1
     isolate: bool = True
     without: tuple[str, ...] = ()          # sandbox layers the instructor chose to do without
+    setup: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    tests: dict[str, list[tuple[int, str, str]]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "limits": dataclasses.asdict(self.limits)}
+        """Everything but what only the examiner may read (see `tests_json`)."""
+        data = {**dataclasses.asdict(self), "limits": dataclasses.asdict(self.limits)}
+        del data["tests"], data["setup"]
+        return data
+
+    def tests_json(self) -> dict:
+        """The examined test cells and the setup they start from (the instructor's code, answers included)."""
+        return {"tests": {name: [list(t) for t in cells] for name, cells in self.tests.items()},
+                "setup": self.setup}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Job":
+    def from_json(cls, data: dict, exam: dict | None = None) -> "Job":
+        exam = exam or {}
         return cls(key=data["key"], course_dir=data["course_dir"], threads=int(data["threads"]),
                    isolate=bool(data["isolate"]), limits=Limits(**data["limits"]),
                    without=tuple(str(w) for w in data.get("without", ())),
-                   notebooks={k: [(int(i), str(s)) for i, s in v] for k, v in data["notebooks"].items()})
+                   notebooks={k: [(int(i), None if s is None else str(s)) for i, s in v]
+                              for k, v in data["notebooks"].items()},
+                   setup={k: [str(s) for s in v] for k, v in exam.get("setup", {}).items()},
+                   tests={k: [(int(i), str(g), str(s)) for i, g, s in v] for k, v in exam.get("tests", {}).items()})
+
+    def examined(self) -> bool:
+        """Whether the examiner runs some of this job's test cells."""
+        return any(source is None for cells in self.notebooks.values() for _, source in cells)
 
     def budget(self) -> float:
         """Seconds after which the worker itself is presumed stuck."""
@@ -80,6 +105,7 @@ def serve(inp: int, out: int) -> None:
     """The worker's loop: for each job, a fork of this warm process reads it, runs it and answers."""
     scratch = tempfile.mkdtemp(prefix="course-grade-")
     os.chmod(scratch, 0o700)
+    examiner = Examiner.start(inp)           # before any job: it never shares memory with a student's run
     try:
         while select.select([inp], [], [])[0]:
             pid = os.fork()
@@ -87,7 +113,7 @@ def serve(inp: int, out: int) -> None:
                 code = 1
                 try:
                     _die_with_parent()
-                    code = _serve_one(inp, out, scratch)
+                    code = _serve_one(inp, out, scratch, examiner)
                 finally:
                     os._exit(code)
             _, status = os.waitpid(pid, 0)
@@ -97,10 +123,11 @@ def serve(inp: int, out: int) -> None:
             if code != 0:
                 send(out, {"failed": f"the job process ended with {code}"})
     finally:
+        examiner.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _serve_one(inp: int, out: int, scratch: str) -> int:
+def _serve_one(inp: int, out: int, scratch: str, examiner: Examiner) -> int:
     """In the job's fork: read one job, run its notebooks, answer. 3 at end of input."""
     from .sandbox import readable_paths
     request = receive(inp, time.monotonic() + 10 ** 9, MAX_ANSWER_BYTES)
@@ -108,11 +135,24 @@ def _serve_one(inp: int, out: int, scratch: str) -> int:
         return 3
     job = Job.from_json(request)
     readable = readable_paths(job.course_dir)
-    runs = {name: run_notebook(cells, readable, job.limits, scratch, job.threads, job.isolate,
-                               frozenset(job.without)).to_json()
-            for name, cells in job.notebooks.items()}
+    if job.examined():
+        # the examiner reads the test cells (the next frame) itself: this process, which every run
+        # of the student's notebook is forked from, never holds them
+        examiner.read_job()
+    try:
+        runs = {name: run_notebook(cells, readable, job.limits, scratch, job.threads, job.isolate,
+                                   frozenset(job.without), _exam(examiner, name, cells)).to_json()
+                for name, cells in job.notebooks.items()}
+    finally:
+        if job.examined():
+            examiner.end_job()
     send(out, {"key": job.key, "notebooks": runs, "worker_rss_bytes": _rss()})
     return 0
+
+
+def _exam(examiner: Examiner, name: str, cells: list) -> Exam | None:
+    tests = frozenset(i for i, source in cells if source is None)
+    return Exam(examiner, name, tests) if tests else None
 
 
 def _rss() -> int:
@@ -170,6 +210,8 @@ class Worker:
         self.start()
         try:
             send(self._proc.stdin.fileno(), job.to_json())
+            if job.examined():
+                send(self._proc.stdin.fileno(), job.tests_json())
             answer = receive(self._proc.stdout.fileno(), time.monotonic() + job.budget(), MAX_ANSWER_BYTES)
         except (OSError, TimeoutError, ValueError) as e:
             self.close()
@@ -214,9 +256,9 @@ _local: dict[int, Worker] = {}
 _local_lock = threading.Lock()
 
 
-def run_on_this_machine(job_json: dict) -> dict:
+def run_on_this_machine(job_json: dict, tests_json: dict | None = None) -> dict:
     """A Dask task: run the job on this machine's worker process (started on first use)."""
-    job = Job.from_json(job_json)
+    job = Job.from_json(job_json, tests_json)
     with _local_lock:
         worker = _local.setdefault(job.threads, Worker(threads=job.threads))
         runs = worker.run(job)

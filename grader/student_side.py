@@ -1,0 +1,95 @@
+"""The student's end of the examiner's channel: answer the examiner's questions about the notebook, by value.
+
+Runs inside the sandboxed notebook process when a test cell's turn comes. The examiner asks for a
+name from the notebook, an attribute, an item, a call with arguments it chose, a length or the items
+of an iterable; the answer is the value (see `protocol`) or, for what cannot travel, a handle the
+examiner can ask about next. Nothing here decides anything: this process is the student's, and
+whatever it answers is checked by the examiner. It never receives a test's source.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import protocol
+
+MAX_ITEMS = 10_000          # items of one iterable sent at once
+
+
+class _Handles:
+    """Objects the examiner holds handles on, by number, for the life of the notebook process."""
+
+    def __init__(self) -> None:
+        self._objects: dict[int, Any] = {}
+
+    def issue(self, value: Any) -> int:
+        self._objects[len(self._objects) + 1] = value
+        return len(self._objects)
+
+    def get(self, handle: Any) -> Any:
+        if type(handle) is not int or handle not in self._objects:
+            raise LookupError("the examiner asked about an unknown handle")
+        return self._objects[handle]
+
+
+_handles = _Handles()
+
+
+def serve_test(fd: int, namespace: dict, index: int, deadline_seconds: float) -> None:
+    """Announce test cell `index` and answer the examiner until it says the test is over."""
+    protocol.write_frame(fd, {"ready": index})
+    while True:
+        frame = protocol.read_frame(fd, time.monotonic() + deadline_seconds)
+        if frame is None:
+            raise EOFError("the examiner went away")
+        request, blobs = frame
+        if request.get("op") == "end":
+            return
+        seq = request.get("seq")
+        try:
+            encoded, out_blobs = _answer(request, blobs, namespace)
+            answer = {"ok": encoded}
+        except BaseException as e:      # the student's code raised: say what, by value
+            out_blobs, answer = [], {"error": {"type": type(e).__name__[:100], "message": str(e)[:2000]}}
+        protocol.write_frame(fd, {"seq": seq, **answer}, out_blobs)
+
+
+def _answer(request: dict, blobs: list[bytes], namespace: dict) -> tuple[Any, list[bytes]]:
+    """Carry out one request; returns the encoded result and its byte blobs."""
+    import torch
+    op = request.get("op")
+    arg = lambda v: protocol.decode(v, blobs, lambda h, _t: _handles.get(h))  # noqa: E731
+    if op == "get":
+        name = request.get("name")
+        if type(name) is not str or name not in namespace:
+            raise NameError(f"name {str(name)[:80]!r} is not defined in the notebook")
+        result = namespace[name]
+    elif op == "attr":
+        result = getattr(_handles.get(request.get("of")), str(request.get("name")))
+    elif op == "item":
+        result = _handles.get(request.get("of"))[arg(request.get("key"))]
+    elif op == "call":
+        target = _handles.get(request.get("of"))
+        args = arg({"$": "list", "items": request.get("args", [])})
+        kwargs = arg({"$": "dict", "items": [[k, v] for k, v in dict(request.get("kwargs", {})).items()]})
+        with torch.set_grad_enabled(bool(request.get("grad", True))):
+            result = target(*args, **kwargs)
+    elif op == "len":
+        result = len(_handles.get(request.get("of")))
+    elif op == "bool":
+        result = bool(_handles.get(request.get("of")))
+    elif op == "iter":
+        items = []
+        for item in _handles.get(request.get("of")):
+            items.append(item)
+            if len(items) > MAX_ITEMS:
+                raise ValueError(f"more than {MAX_ITEMS} items")
+        result = items
+    elif op == "send":                  # keep the examiner's value here; answer with its handle
+        value = arg(request.get("value"))
+        return {"$": "ref", "id": _handles.issue(value), "type": protocol.type_name(value)}, []
+    else:
+        raise ValueError(f"unknown request {str(op)[:40]!r}")
+    blobs_out: list[bytes] = []
+    return protocol.encode(result, blobs_out, _handles.issue), blobs_out
+
