@@ -1,7 +1,9 @@
 """Class activation maps: the exact CAM, the chapter's einsum, batched Grad-CAM, and how to score them.
 
 All maps are returned raw, `[N, h, w]` at the layer's resolution: resizing (`upsample`) and
-scaling (`normalize`) are separate, explicit steps, as in captum.
+scaling (`normalize`) are separate, explicit steps, as in captum. A new gradient method is only
+its channel weights, handed to `gradient_cam`; a method without gradients (Score-CAM) builds on
+the same steps: `checked_layers`, `recorded_forward`, `checked_outputs`.
 """
 from __future__ import annotations
 
@@ -12,31 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["gradcam", "gradient_cam", "gradcam_weights", "weighted_sum", "cam", "book_cam", "upsample", "normalize",
-           "pointing_hits", "pointing_game", "energy_in_box"]
+from .inputs import Targets, check_batch, target_indices
+from .modules import eval_mode, restore_training, submodules, switch_to_eval
+from .tensors import plain
 
-Targets = Union[int, Sequence[int], torch.Tensor]
+__all__ = ["gradcam", "gradient_cam", "gradcam_weights", "weighted_sum", "cam", "book_cam", "upsample", "normalize",
+           "pointing_hits", "pointing_game", "energy_in_box", "checked_layers", "recorded_forward",
+           "checked_outputs"]
+
 Boxes = Union[Sequence[Sequence[float]], torch.Tensor]  # one (x0, y0, x1, y1) per map, in pixels
 
 
-def _plain(t: torch.Tensor) -> torch.Tensor:
-    """The same tensor (and graph) as a plain torch.Tensor: fastai's TensorImage/TensorCategory
-    dispatch refuses to mix (e.g. in `gather`), and callers should get plain maps back."""
-    return t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t
-
-
 # ---------------------------------------------------------------- input checks
-def _check_batch(model: nn.Module, x: torch.Tensor) -> None:
-    """Reject what would otherwise fail deep inside the model, with the fix in the message."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module (e.g. learn.model), got {type(model).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a tensor batch [N,C,H,W], got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must be a 4-D batch [N,C,H,W], got shape {tuple(x.shape)}; "
-                         "for one image use x[None] (or first(dls.test_dl([img])))")
-
-
 def _check_layers(modules: list[nn.Module], layers: Sequence[nn.Module]) -> None:
     if not layers:
         raise ValueError("give at least one layer")
@@ -50,34 +39,6 @@ def _check_layers(modules: list[nn.Module], layers: Sequence[nn.Module]) -> None
                              "sub-module of this model, e.g. learn.model[0] or learn.model[0][-2]")
 
 
-def _target_tensor(targets: Targets, n: int, n_classes: int, device) -> torch.Tensor:
-    """One class index per image, as a long tensor, after checking type, count and range.
-
-    The range is checked on Python ints where possible: this runs on every call, and tensor
-    comparisons cost more than the rest of the bookkeeping on a small model.
-    """
-    def bad_type() -> TypeError:
-        return TypeError(f"targets must be an int or one int per image, got {targets!r:.60}")
-    if isinstance(targets, (bool, str, bytes)):
-        raise bad_type()
-    try:
-        t = _plain(torch.as_tensor(targets))
-    except (TypeError, ValueError, RuntimeError):
-        raise bad_type() from None
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise bad_type()
-    if t.dim() == 0:
-        t = t.expand(n)                                  # one class for every image
-    elif t.dim() != 1 or t.numel() != n:
-        raise ValueError(f"got {t.numel()} targets for {n} images: give one class per image "
-                         "or a single int for all")
-    values = t.tolist()
-    if n and not 0 <= min(values) <= max(values) < n_classes:
-        raise ValueError(f"target class out of range: the model has {n_classes} classes "
-                         f"(0..{n_classes - 1}), got {values}")
-    return t.to(device=device, dtype=torch.long)
-
-
 def _check_spatial(act: torch.Tensor, layer: nn.Module) -> None:
     if not isinstance(act, torch.Tensor) or act.dim() != 4:
         shape = tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__
@@ -86,42 +47,6 @@ def _check_spatial(act: torch.Tensor, layer: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------- shared machinery
-def _submodules(model: nn.Module) -> list[nn.Module]:
-    """`list(model.modules())` (shared modules may repeat) at a third of the cost: gradcam needs
-    it on every call, and on a small model `modules()` costs as much as all the other checks."""
-    found, todo = [], [model]
-    while todo:
-        m = todo.pop()
-        if m is not None:                 # a child slot may hold None
-            found.append(m)
-            todo.extend(m._modules.values())
-    return found
-
-
-def _switch_to_eval(modules: list[nn.Module]) -> list[nn.Module]:
-    """Put the model in eval mode (no dropout, no BatchNorm statistics update) and return the
-    modules that were training, for `_restore_training`. An eval-mode model costs nothing here."""
-    training = [m for m in modules if m.training]
-    for m in training:
-        m.training = False
-    return training
-
-
-def _restore_training(training: list[nn.Module]) -> None:
-    for m in training:
-        m.training = True
-
-
-@contextmanager
-def _eval_mode(modules: list[nn.Module]):
-    """Run the block in eval mode, then restore every flag."""
-    training = _switch_to_eval(modules)
-    try:
-        yield
-    finally:
-        _restore_training(training)
-
-
 def _recording_hook(record: list, gradients: bool = True):
     """A forward hook that records the layer's output on the graph and hands the rest of the
     network a copy.
@@ -146,15 +71,19 @@ def _recording_hook(record: list, gradients: bool = True):
     return hook
 
 
-def _recorded_forward(model: nn.Module, modules: list[nn.Module], layers: Sequence[nn.Module],
-                      x: torch.Tensor, gradients: bool = True
-                      ) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
-    """`model(x)` in eval mode with each layer's outputs recorded (see `_recording_hook`); the
-    model's flags, its hooks and the grad mode are restored however the pass ends. One function
-    rather than three context managers: gradcam pays this on every call."""
+def recorded_forward(model: nn.Module, modules: list[nn.Module], layers: Sequence[nn.Module],
+                     x: torch.Tensor, gradients: bool = True
+                     ) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+    """(the scores, each layer's recorded outputs): `model(x)` in eval mode with the output of each
+    of `layers` recorded every time it runs (see `_recording_hook`; `gradients=False` builds no
+    graph). The model's flags, its hooks and the grad mode are restored however the pass ends.
+
+    `modules` and `layers` are what `checked_layers` returns, and are not checked again: gradcam
+    pays this on every call (for the same reason this is one function, not three context managers).
+    """
     records: list[list[torch.Tensor]] = [[] for _ in layers]
     grad_was_enabled = torch.is_grad_enabled()
-    training = _switch_to_eval(modules)
+    training = switch_to_eval(modules)
     handles = []
     try:
         for layer, record in zip(layers, records):
@@ -165,7 +94,7 @@ def _recorded_forward(model: nn.Module, modules: list[nn.Module], layers: Sequen
         torch.set_grad_enabled(grad_was_enabled)
         for h in handles:
             h.remove()
-        _restore_training(training)
+        restore_training(training)
 
 
 def _single_output(record: list, layer: nn.Module) -> torch.Tensor:
@@ -181,19 +110,22 @@ Layers = Union[nn.Module, Sequence[nn.Module]]
 Weigh = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _layers_and_checks(model: nn.Module, x: torch.Tensor, layer: Layers
-                       ) -> tuple[bool, list[nn.Module], list[nn.Module]]:
-    """(was a list given, the layers, the model's modules) after checking the batch and the layers."""
+def checked_layers(model: nn.Module, x: torch.Tensor, layer: Layers
+                   ) -> tuple[bool, list[nn.Module], list[nn.Module]]:
+    """(was a list given, the layers, the model's modules) after checking the batch and that each
+    layer is part of the model: the first step of every CAM method, before `recorded_forward`."""
     many = not isinstance(layer, nn.Module)
     layers = list(layer) if many else [layer]
-    _check_batch(model, x)
-    modules = _submodules(model)
+    check_batch(model, x)
+    modules = submodules(model)
     _check_layers(modules, layers)
     return many, layers, modules
 
 
-def _checked_outputs(records: list, layers: list[nn.Module], logits: torch.Tensor
-                     ) -> list[torch.Tensor]:
+def checked_outputs(records: list[list[torch.Tensor]], layers: list[nn.Module], logits: torch.Tensor
+                    ) -> list[torch.Tensor]:
+    """Each layer's one output `[N,K,h,w]` from what `recorded_forward` returned, after checking
+    that every layer ran exactly once and gave a spatial map, and that the scores are `[N, classes]`."""
     acts = [_single_output(r, l) for r, l in zip(records, layers)]
     for act, l in zip(acts, layers):
         _check_spatial(act, l)
@@ -214,14 +146,14 @@ def gradient_cam(model: nn.Module, x: torch.Tensor, layer: Layers, targets: Targ
     """
     if not callable(weigh):
         raise TypeError(f"weigh must be a function (activation, gradient) -> weights, got {weigh!r:.60}")
-    many, layers, modules = _layers_and_checks(model, x, layer)
+    many, layers, modules = checked_layers(model, x, layer)
     if not torch.is_grad_enabled():
         raise RuntimeError(f"{name} needs gradients but was called under torch.no_grad(); "
                            "call it outside that block (or inside torch.enable_grad())")
-    logits, records = _recorded_forward(model, modules, layers, x)
-    acts = _checked_outputs(records, layers, logits)
-    t = _target_tensor(targets, x.shape[0], logits.shape[1], logits.device)
-    score = _plain(logits).gather(1, t[:, None]).sum()  # images are independent: one backward for all
+    logits, records = recorded_forward(model, modules, layers, x)
+    acts = checked_outputs(records, layers, logits)
+    t = target_indices(targets, x.shape[0], logits.shape[1], logits.device)
+    score = plain(logits).gather(1, t[:, None]).sum()  # images are independent: one backward for all
     grads = torch.autograd.grad(score, acts, allow_unused=True) if score.requires_grad else [None]
     for g, l in zip(grads, layers):
         if g is None:
@@ -229,7 +161,7 @@ def gradient_cam(model: nn.Module, x: torch.Tensor, layer: Layers, targets: Targ
                              "pick a layer on the path from the input to the scores")
     maps = []
     for a, g in zip(acts, grads):
-        a, g = _plain(a.detach()), _plain(g)
+        a, g = plain(a.detach()), plain(g)
         maps.append(weighted_sum(weigh(a, g), a, relu))
     return maps if many else maps[0]
 
@@ -278,14 +210,14 @@ def cam(model: nn.Module, x: torch.Tensor, targets: Targets) -> torch.Tensor:
     The head is verified on this very batch: the final Linear's input must equal the spatial mean
     of the last AdaptiveAvgPool2d's input, and the Linear's output must be the model's output.
     """
-    _check_batch(model, x)
+    check_batch(model, x)
     pool, linear = _gap_and_linear(model)
-    with torch.no_grad(), _eval_mode(_submodules(model)), _capture_io(pool, linear) as io:
+    with torch.no_grad(), eval_mode(submodules(model)), _capture_io(pool, linear) as io:
         logits = model(x)
     act, lin_in, lin_out = io.get("act"), io.get("lin_in"), io.get("lin_out")
     _check_gap_linear_head(act, lin_in, lin_out, logits, linear)
-    t = _target_tensor(targets, x.shape[0], logits.shape[1], logits.device)
-    return torch.einsum("nk,nkhw->nhw", _plain(linear.weight.detach())[t], _plain(act))
+    t = target_indices(targets, x.shape[0], logits.shape[1], logits.device)
+    return torch.einsum("nk,nkhw->nhw", plain(linear.weight.detach())[t], plain(act))
 
 
 _NOT_GAP_LINEAR = ("cam needs a head that is global-average-pool followed directly by one Linear "
@@ -321,7 +253,7 @@ def _check_gap_linear_head(act, lin_in, lin_out, logits, linear) -> None:
     if act is None or lin_in is None:
         raise ValueError(_NOT_GAP_LINEAR.format(why="the pool or the Linear did not run"))
     _check_spatial(act, linear)
-    act, lin_in, lin_out, logits = map(_plain, (act, lin_in, lin_out, logits))
+    act, lin_in, lin_out, logits = map(plain, (act, lin_in, lin_out, logits))
     gap = act.mean(dim=(2, 3))
     if lin_in.shape != gap.shape or not torch.allclose(lin_in, gap, rtol=1e-4, atol=1e-5):
         raise ValueError(_NOT_GAP_LINEAR.format(

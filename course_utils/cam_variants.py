@@ -12,8 +12,11 @@ from typing import Union
 import torch
 from torch import nn
 
-from .cam import (Layers, Targets, _checked_outputs, _eval_mode, _layers_and_checks, _plain,
-                  _recorded_forward, _target_tensor, gradcam, gradient_cam, upsample, weighted_sum)
+from .cam import (Layers, checked_layers, checked_outputs, gradcam, gradient_cam, recorded_forward,
+                  upsample, weighted_sum)
+from .inputs import Targets, target_indices
+from .modules import eval_mode
+from .tensors import plain
 
 __all__ = ["gradcampp", "gradcampp_weights", "layercam", "layercam_weights", "scorecam",
            "scorecam_weights", "CAM_METHODS"]
@@ -96,7 +99,7 @@ def scorecam_weights(model: nn.Module, x: torch.Tensor, act: torch.Tensor, targe
             for start in range(0, k, batch_size):
                 stop = min(start + batch_size, k)
                 masked = torch.mul(x[i:i + 1], _masks(act[i, start:stop], size), out=buffer[:stop - start])
-                scores[i, start:stop] = _plain(model(masked))[:, targets[i]].float()
+                scores[i, start:stop] = plain(model(masked))[:, targets[i]].float()
     return torch.softmax(scores, dim=1)
 
 
@@ -110,13 +113,13 @@ def scorecam(model: nn.Module, x: torch.Tensor, layer: Layers, targets: Targets,
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int (masked images a forward pass), got {batch_size!r}")
-    many, layers, modules = _layers_and_checks(model, x, layer)
-    logits, records = _recorded_forward(model, modules, layers, x, gradients=False)
-    acts = _checked_outputs(records, layers, logits)
-    t = _target_tensor(targets, x.shape[0], logits.shape[1], logits.device)
-    xp = _plain(x.detach())
-    with _eval_mode(modules):
-        maps = [weighted_sum(scorecam_weights(model, xp, _plain(a), t, batch_size), _plain(a), relu)
+    many, layers, modules = checked_layers(model, x, layer)
+    logits, records = recorded_forward(model, modules, layers, x, gradients=False)
+    acts = checked_outputs(records, layers, logits)
+    t = target_indices(targets, x.shape[0], logits.shape[1], logits.device)
+    xp = plain(x.detach())
+    with eval_mode(modules):
+        maps = [weighted_sum(scorecam_weights(model, xp, plain(a), t, batch_size), plain(a), relu)
                 for a in acts]
     return maps if many else maps[0]
 

@@ -13,9 +13,10 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .cam import Boxes, Targets, _check_batch, energy_in_box, pointing_game, upsample
+from .cam import Boxes, energy_in_box, pointing_game, upsample
 from .cam_variants import CAM_METHODS
 from .faithfulness import deletion_auc, insertion_auc
+from .inputs import Targets, check_batch
 
 __all__ = ["score_methods", "COLUMNS"]
 
@@ -32,7 +33,7 @@ def score_methods(model: nn.Module, x: torch.Tensor, targets: Targets, boxes: Bo
 
     `tolerance` defaults to the protocol's 15 px at 224 px, scaled to the image size.
     """
-    _check_batch(model, x)
+    check_batch(model, x)
     if not isinstance(layers, Mapping) or not layers:
         raise TypeError("layers must be a dict name -> layer, e.g. {'body': learn.model[0]}")
     methods = CAM_METHODS if methods is None else methods

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cam import cam, gradcam, normalize, pointing_hits, upsample
+from .modules import eval_mode, submodules
 from .viz import image_array
 
 __all__ = ["Explorer", "ExplorerState", "body_stages", "explore", "explore_grid", "explore_text",
@@ -308,8 +309,7 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
 
 def _scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`model(x)` without gradients in eval mode, the model's modes restored: the class scores."""
-    from .cam import _eval_mode, _submodules
-    with torch.no_grad(), _eval_mode(_submodules(model)):
+    with torch.no_grad(), eval_mode(submodules(model)):
         return _plain(model(x))
 
 

@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cam import Targets, _check_batch, _eval_mode, _plain, _submodules, _target_tensor, upsample
+from .cam import upsample
+from .inputs import Targets, check_batch, target_indices
+from .modules import eval_mode, submodules
+from .tensors import plain
 
 __all__ = ["pixel_ranks", "blur", "deletion_curve", "insertion_curve", "curve_auc",
            "deletion_auc", "insertion_auc"]
@@ -52,7 +55,7 @@ def _curve(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, targets: Targe
            start: torch.Tensor, end: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Target probability `[N, steps+1]` of images that show `end` where the map's rank is below
     k_i = round(i/steps * H*W) and `start` elsewhere (i = 0..steps)."""
-    _check_batch(model, x)
+    check_batch(model, x)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int (the curve has steps+1 points), got {steps!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -66,15 +69,15 @@ def _curve(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, targets: Targe
     image = torch.arange(n, device=x.device).repeat_interleave(steps + 1)
     step = torch.arange(steps + 1, device=x.device).repeat(n)
     out = torch.empty(n * (steps + 1), device=x.device)
-    modules = _submodules(model)
-    with torch.no_grad(), _eval_mode(modules):
+    modules = submodules(model)
+    with torch.no_grad(), eval_mode(modules):
         t = None
         for s0 in range(0, n * (steps + 1), batch_size):
             s = slice(s0, min(s0 + batch_size, n * (steps + 1)))
             shown = (ranks[image[s]] < counts[step[s], None, None])[:, None]       # [B,1,H,W]
-            probs = F.softmax(_plain(model(torch.where(shown, end[image[s]], start[image[s]]))).float(), 1)
+            probs = F.softmax(plain(model(torch.where(shown, end[image[s]], start[image[s]]))).float(), 1)
             if t is None:
-                t = _target_tensor(targets, n, probs.shape[1], probs.device)
+                t = target_indices(targets, n, probs.shape[1], probs.device)
             out[s] = probs.gather(1, t[image[s], None])[:, 0]
     return out.view(n, steps + 1)
 
@@ -84,7 +87,7 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target
                    batch_size: int = 64) -> torch.Tensor:
     """Target probability `[N, steps+1]` as the map's most important pixels are replaced by
     `baseline` first (a value, or an image batch), from none (0) to all of them (steps)."""
-    xp = _plain(x.detach())
+    xp = plain(x.detach())
     base = torch.as_tensor(baseline, dtype=xp.dtype, device=xp.device).expand_as(xp)
     return _curve(model, xp, maps, targets, steps, start=xp, end=base, batch_size=batch_size)
 
@@ -94,7 +97,7 @@ def insertion_curve(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, targe
                     batch_size: int = 64) -> torch.Tensor:
     """Target probability `[N, steps+1]` as the map's most important pixels are put back first
     into `baseline` (default: the image blurred, as Petsiuk et al.), from none to all of them."""
-    xp = _plain(x.detach())
+    xp = plain(x.detach())
     base = blur(xp) if baseline is None else torch.as_tensor(baseline, dtype=xp.dtype,
                                                              device=xp.device).expand_as(xp)
     return _curve(model, xp, maps, targets, steps, start=base, end=xp, batch_size=batch_size)

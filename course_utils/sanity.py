@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cam import Targets, _check_batch, _plain, gradcam
+from .cam import gradcam
+from .inputs import Targets, check_batch
+from .tensors import plain
 
 __all__ = ["rank_with_ties", "spearman", "randomized_copy", "cascading_randomization", "edge_map"]
 
@@ -87,7 +89,7 @@ def cascading_randomization(model: nn.Module, x: torch.Tensor, layer: str, targe
                             ) -> torch.Tensor:
     """Spearman correlation `[len(blocks), N]` between the trained model's maps and those after
     randomising `blocks[:i+1]` (list them from the head down); `layer` is a sub-module name."""
-    _check_batch(model, x)
+    check_batch(model, x)
     if not isinstance(layer, str):
         raise TypeError("layer must be a sub-module name (e.g. '0' for learn.model[0]): each "
                         "randomised copy has its own modules")
@@ -104,8 +106,8 @@ def cascading_randomization(model: nn.Module, x: torch.Tensor, layer: str, targe
 def edge_map(model: nn.Module, x: torch.Tensor, layer: nn.Module, targets: Targets) -> torch.Tensor:
     """An image-only baseline with a CAM method's signature: the Sobel edge magnitude of the
     image's channel mean `[N,H,W]`. It ignores the model, so it passes no sanity check."""
-    _check_batch(model, x)
-    g = _plain(x.detach()).float().mean(1, keepdim=True)
+    check_batch(model, x)
+    g = plain(x.detach()).float().mean(1, keepdim=True)
     k = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]], device=g.device)
     kernels = torch.stack([k, k.T])[:, None]                           # [2,1,3,3]: d/dx, d/dy
     d = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), kernels)
