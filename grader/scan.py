@@ -122,8 +122,10 @@ class _Visitor(ast.NodeVisitor):
             base = _chain(node.args[0])
             if base and (base[0] in WATCHED_MODULES or base[0] == "get_ipython"):
                 self.flag(node, f"calls {name} on `{'.'.join(base)}`")
-        elif name in ("exec", "eval", "compile", "__import__") and len(chain) == 1:
-            self.flag(node, f"runs code built at run time ({name})")
+        elif _builtin(chain) and name == "__import__" or chain[-2:] == ["importlib", "import_module"]:
+            self._dynamic_import(node, name)
+        elif _builtin(chain) and name in ("exec", "eval") or _builtin(chain) and name == "compile" and _compiles(node):
+            self._run_string(node, name)
         elif SUSPICIOUS_CALLS.get(name):
             self.flag(node, f"calls {name}: {SUSPICIOUS_CALLS[name]}")
         elif len(chain) >= 2 and (chain[-2], name) in MODULE_CALLS:
@@ -137,11 +139,44 @@ class _Visitor(ast.NodeVisitor):
                     self.flag(node, f"reads '{arg.value}' (the grading environment)")
         self.generic_visit(node)
 
+    def _dynamic_import(self, node: ast.Call, name: str) -> None:
+        """`__import__('warnings')` is an import statement spelt as a call; only a name built at run time flags."""
+        module = node.args[0] if node.args else None
+        if isinstance(module, ast.Constant) and isinstance(module.value, str):
+            self._import(node, module.value, None)
+        else:
+            self.flag(node, f"imports a module whose name is built at run time ({name})")
+
+    def _run_string(self, node: ast.Call, name: str) -> None:
+        """exec/eval/compile of a string written in the cell: scan that string; of anything else: flag."""
+        code = node.args[0] if node.args else None
+        if not (isinstance(code, ast.Constant) and isinstance(code.value, str)):
+            self.flag(node, f"runs code built at run time ({name})")
+            return
+        try:
+            tree = ast.parse(code.value)
+        except (SyntaxError, ValueError):
+            return                                   # not Python: it fails when it runs, hiding nothing
+        inner = _Visitor()
+        inner.visit(tree)
+        for _, why in inner.found:
+            self.flag(node, f"{why} (in a string given to {name})")
+
     def visit_Attribute(self, node):
         chain = _chain(node)
         if chain[:2] == ["os", "environ"] and isinstance(node.ctx, ast.Load):
             self.flag(node, "reads the grading environment (os.environ)")
         self.generic_visit(node)
+
+
+def _builtin(chain: list[str]) -> bool:
+    """A call of a builtin by its bare name, or through `builtins` / `__builtins__`."""
+    return len(chain) == 1 or len(chain) == 2 and chain[0] in ("builtins", "__builtins__")
+
+
+def _compiles(node: ast.Call) -> bool:
+    """Builtin compile(source, filename, mode), not re.compile(pattern) imported as `compile`."""
+    return len(node.args) >= 3 or any(k.arg in ("filename", "mode") for k in node.keywords)
 
 
 def scan_source(source: str) -> list[tuple[int, str]]:

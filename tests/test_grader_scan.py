@@ -44,6 +44,13 @@ TAMPERING = [
     ("open('/proc/self/fd/3', 'wb')", "/proc/"),
     ("import os\nos.write(3, b'{}')", "os.write"),
     ("exec('torch.allclose = 1')", "exec"),
+    ("exec('torch.allclose = 1')", "assigns `torch.allclose` (in a string given to exec)"),
+    ("code = 'torch.allclose = 1'\nexec(code)", "runs code built at run time (exec)"),
+    ("eval(compile(source, '<x>', 'exec'))", "runs code built at run time (compile)"),
+    ("import builtins\nbuiltins.exec(''.join(parts))", "runs code built at run time (exec)"),
+    ("def f():\n    return __import__('ctypes').CDLL(None)", "imports ctypes"),
+    ("m = __import__('ct' + 'ypes')", "imports a module whose name is built at run time (__import__)"),
+    ("import importlib\nimportlib.import_module('gc').get_objects()", "imports gc"),
     ("class Anything:\n    pass\nAnything.__eq__ = lambda s, o: True", "__eq__"),
     ("%config Application.log_level = 0\nimport subprocess", "imports subprocess"),
 ]
@@ -63,12 +70,24 @@ BENIGN = ["x = torch.zeros(3)\nx.requires_grad_()", "learn.model.eval()", "np.al
           "hook = Hook(learn.model[0])\nacts = hook.stored", "torch.manual_seed(0)", "plt.imshow(img)",
           "class HookBwd:\n    def __eq__(self, other):\n        return self is other",
           "!ls", "%time y = model(x)", "def is_cat(name):\n    return name[0].isupper()",
-          "this is not python ("]
+          "this is not python (",
+          "def warn_once(msg):\n    __import__('warnings').warn(msg)\n    return __import__('os.path').path.sep",
+          "from re import compile\nDIGITS = compile(r'\\d+')\npattern = compile(text)",
+          "import importlib\nmodule = importlib.import_module('numpy')", "x = eval('1 + 2')\nexec('y = x * 2')",
+          "f = eval('lambda t: t.mean()')"]
 
 
 @pytest.mark.parametrize("code", BENIGN)
 def test_ordinary_code_is_not_flagged(code):
     assert scan_source(code) == []
+
+
+def test_a_correct_answer_that_imports_inside_its_functions_is_not_flagged():
+    """Was a correct notebook that calls `__import__('warnings')` flagged 'runs code built at run time'?"""
+    cells = classroom.answers("01_setup") | {
+        "is_cat": "def is_cat(name):\n    __import__('warnings').warn('checking ' + name)\n"
+                  "    return name[0].isupper()\n"}
+    assert scan_cells(cells) == []
 
 
 def test_reasons_name_the_cell_and_the_line():
