@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -203,7 +203,7 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
     course = Course.open(course_dir)
     report = Report(assignments)
     todo = [p for a in assignments for p in _todo(course, a, force, report)]
-    model = _Background(ensure_default_model, log) if any(p.assembled for p in todo) else None
+    model = _in_background(ensure_default_model, log) if any(p.assembled for p in todo) else None
     n_workers = workers or os.cpu_count() or 1
     threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // n_workers)
     runnable = [p for p in todo if p.assembled]
@@ -215,7 +215,7 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
                 bar.update(report)
         jobs = [_job(p, course, limits, threads, isolate, without) for p in runnable]
         by_key = {job.key: p for job, p in zip(jobs, runnable)}
-        ready = model.wait if model else (lambda: None)
+        ready = model.result if model else (lambda: None)
         run_all = _run_dask(scheduler, ready) if scheduler else _run_local(n_workers, threads, ready)
         report.workers = 1 if scheduler else min(n_workers, max(1, len(jobs)))
         for key, runs, failure, rss in run_all(jobs):
@@ -246,24 +246,78 @@ def _todo(course: Course, assignment: str, force: bool, report: Report) -> list[
     return todo
 
 
-class _Background:
-    """Run a function in a thread; `wait()` returns when it is done and re-raises its error."""
+def _in_background(fn: Callable, *args) -> Future:
+    """Start `fn(*args)` on a thread of its own; the Future's `result()` waits for it and re-raises its error."""
+    executor = ThreadPoolExecutor(1, thread_name_prefix="course-grade-model")
+    future = executor.submit(fn, *args)
+    executor.shutdown(wait=False)                 # nothing else will run there: the thread ends with fn
+    return future
 
-    def __init__(self, fn: Callable, *args):
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
-        self._thread.start()
 
-    def _run(self, fn: Callable, *args) -> None:
+class _WorkerPool:
+    """Threads that each own one `Worker` process; `submit(job)` gives a Future of (key, runs, failure, rss).
+
+    The workers start (and pay their imports) as soon as the pool exists. `close()` (leaving the `with`
+    block) cancels the jobs not started and closes the workers, so running jobs end at once.
+    """
+
+    def __init__(self, size: int, threads: int):
+        self._owned = threading.local()
+        self._workers: list[Worker] = []
+        self._executor = ThreadPoolExecutor(size, thread_name_prefix="course-grade-worker",
+                                            initializer=self._own_worker, initargs=(threads,))
+        # No thread is idle yet, so each submit starts one: every worker starts now, not at its first job.
+        self._futures = [self._executor.submit(self._start) for _ in range(size)]
+
+    def _own_worker(self, threads: int) -> None:
+        """Once in each pool thread, before its first task: the Worker it uses for every job."""
+        self._owned.worker = Worker(threads=threads)
+        self._workers.append(self._owned.worker)
+
+    def _start(self) -> None:
+        """Start this thread's worker now, so that its imports overlap whatever the caller does next."""
         try:
-            fn(*args)
-        except BaseException as e:
-            self._error = e
+            self._owned.worker.start()
+        except WorkerDied:
+            pass                                  # its first run() retries and reports the failure per job
 
-    def wait(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+    def submit(self, job: Job) -> Future:
+        """Queue one job for the next free worker."""
+        future = self._executor.submit(self._run, job)
+        self._futures.append(future)
+        return future
+
+    def _run(self, job: Job) -> tuple:
+        """Run one job on this thread's worker; every failure becomes the job's failure string."""
+        worker = self._owned.worker
+        try:
+            return job.key, worker.run(job), None, worker.peak_rss_bytes
+        except WorkerDied as e:
+            return job.key, None, str(e), worker.peak_rss_bytes
+        except BaseException as e:                # never lose a job silently
+            return job.key, None, f"the grader failed on this submission: {e!r}", 0
+
+    def close(self) -> None:
+        """Cancel the jobs not started, then close the workers until no job runs (idempotent).
+        Closing a busy worker ends its job (WorkerDied); a worker restarted meanwhile is closed next round."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        while running := [f for f in self._futures if not f.done()]:   # done() counts the cancelled, wait() not
+            _close_all(self._workers)
+            wait(running, timeout=1)
+        self._executor.shutdown(wait=True)
+        _close_all(self._workers)
+
+    def __enter__(self) -> "_WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _close_all(workers: list[Worker]) -> None:
+    """Close the workers side by side: a busy one may take seconds to stop."""
+    with ThreadPoolExecutor(max(1, len(workers)), thread_name_prefix="course-grade-close") as closing:
+        list(closing.map(Worker.close, list(workers)))
 
 
 def _run_local(n_workers: int, threads: int, ready: Callable[[], None]):
@@ -272,44 +326,10 @@ def _run_local(n_workers: int, threads: int, ready: Callable[[], None]):
     def run_all(jobs: list[Job]) -> Iterator:
         if not jobs:
             return
-        todo: queue.Queue = queue.Queue()
-        for job in jobs:
-            todo.put(job)
-        done: queue.Queue = queue.Queue()
-        stop, go = threading.Event(), threading.Event()
-
-        def serve() -> None:
-            with Worker(threads=threads) as worker:
-                try:
-                    worker.start()
-                except WorkerDied:
-                    pass                              # run() below retries and reports per job
-                go.wait()
-                while not stop.is_set():
-                    try:
-                        job = todo.get_nowait()
-                    except queue.Empty:
-                        return
-                    try:
-                        done.put((job.key, worker.run(job), None, worker.peak_rss_bytes))
-                    except WorkerDied as e:
-                        done.put((job.key, None, str(e), worker.peak_rss_bytes))
-                    except BaseException as e:  # never lose a job silently
-                        done.put((job.key, None, f"the grader failed on this submission: {e!r}", 0))
-
-        pool = [threading.Thread(target=serve, daemon=True) for _ in range(min(n_workers, len(jobs)))]
-        for t in pool:
-            t.start()
-        try:
+        with _WorkerPool(min(n_workers, len(jobs)), threads) as pool:
             ready()
-            go.set()
-            for _ in jobs:
-                yield done.get()
-        finally:
-            stop.set()
-            go.set()
-            for t in pool:
-                t.join(timeout=1)
+            for done in as_completed([pool.submit(job) for job in jobs]):
+                yield done.result()
     return run_all
 
 
