@@ -16,11 +16,9 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET_MS = {"layer": 100, "class (cached)": 100, "opacity": 100, "new image": 300}
 
 

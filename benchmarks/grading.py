@@ -25,7 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from grader.layout import ROOT
+
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
 from release import lessons as all_lessons  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[1]
+from grader.layout import ROOT
 
 
 def run(path: Path) -> tuple[float, int]:

@@ -1,7 +1,7 @@
 """What the tripwire's audit hook costs: per audited event, and on whole lessons.
 
-    python benchmarks/tripwire.py                      # per event, and every lesson without / with the hook
-    python benchmarks/tripwire.py 11_trust --repeat 3  # some lessons, alternating runs
+    PYTHONPATH=. python benchmarks/tripwire.py                      # per event, and every lesson without / with the hook
+    PYTHONPATH=. python benchmarks/tripwire.py 11_trust --repeat 3  # some lessons, alternating runs
 
 Each measurement runs in a child forked from one warm process (the worker's imports), so the hook,
 which cannot be removed, never outlives it. A lesson's time is the sum of its cells' times in
@@ -17,10 +17,10 @@ import sys
 import time
 import timeit
 import warnings
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+from grader.layout import ROOT
+
+sys.path.insert(0, str(ROOT / "tools"))             # classroom, release
 WARM = ("fastai.vision.all", "fastai.text.all", "course_utils", "course_utils.cam", "course_utils.checks",
         "course_utils.model", "course_utils.data", "course_utils.viz", "course_utils.text", "execnb.shell",
         "matplotlib_inline.backend_inline", "torchvision")

@@ -3,15 +3,13 @@ behind, and the statistics it reports are the ones it claims."""
 import math
 import random
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import gradcam as bench  # noqa: E402
-from test_hooks import n_hooks  # noqa: E402
+from benchmarks import gradcam as bench
+from test_hooks import n_hooks
 
 
 def maps_of(name, model, layer, x, t, cam="gradcam"):

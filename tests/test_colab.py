@@ -18,7 +18,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from grader.layout import ROOT
+
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
 

@@ -10,6 +10,7 @@ from PIL import Image
 from course_utils import data
 from course_utils.data import (BOXES_FILE, CAT_BREEDS, DOG_BREEDS, MANIFEST_FILE, cache_dir,
                                is_cat, load_boxes, pets_path, synth_pets, use_online)
+from grader.layout import ROOT
 
 SMALL = dict(n=8, size=48)
 
@@ -229,5 +230,5 @@ def test_import_has_no_side_effects(tmp_path):
     env = dict(os.environ, COURSE_CACHE=str(tmp_path / "c"))
     code = "import sys, course_utils.data; print('fastai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).parent.parent)
+                         check=True, cwd=ROOT)
     assert out.stdout.strip() == "False" and not (tmp_path / "c").exists()

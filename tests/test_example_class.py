@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from grader.gradebook import Course, export_rows
+from grader.layout import ROOT
 from grader.workflow import run_example
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
 import example_class  # noqa: E402
@@ -45,7 +45,7 @@ REASONS = [("cwei", "01_setup", "no answer yet"), ("jnovak", "05_gradcam", "cell
 def test_the_generator_reproduces_the_committed_class_byte_for_byte():
     for name, data in example_class.build().items():
         assert (ROOT / "examples" / "class" / name).read_bytes() == data, \
-            f"examples/class/{name} is out of date: run `python tools/example_class.py`"
+            f"examples/class/{name} is out of date: run `PYTHONPATH=. python tools/example_class.py`"
 
 
 @pytest.fixture(scope="module")

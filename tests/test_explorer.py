@@ -283,9 +283,6 @@ def test_text_explorer_shows_the_attributions_of_the_chosen_review_and_class():
 
 
 def test_the_latency_benchmark_drives_the_controls_it_names(learn):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import explorer as bench
     box = explore(learn, items=list(learn.dls.valid.items[:2]))
     c = bench.controls(box)

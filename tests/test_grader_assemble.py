@@ -5,15 +5,14 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import nbformat
 import pytest
 
 from grader.assemble import (InstructorCell, UnreadableNotebook, assemble, find_notebooks,
                                              normalise_name, read_submission)
+from grader.layout import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from grader.layout import ROOT
 
 
 def course(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

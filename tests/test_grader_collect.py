@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from grader.collect import MAX_FILE_BYTES, collect
+from grader.layout import ROOT
 from grader.roster import Roster, Student, read_roster
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
 

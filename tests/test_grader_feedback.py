@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 
 from grader.feedback import HIDDEN_NOTE, hide_tests
+from grader.layout import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
 from release import lessons  # noqa: E402

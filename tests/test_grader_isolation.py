@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from grader.layout import ROOT
 from grader.sandbox import ENV_ALLOWED
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
 from conftest import CountingServer  # noqa: E402

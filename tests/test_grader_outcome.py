@@ -29,9 +29,9 @@ import pytest
 
 from grader import gradebook
 from grader.gradebook import NOT_GRADED, Course, fingerprint, is_done, outcome, record
+from grader.layout import ROOT
 from grader.score import score_cells
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
 

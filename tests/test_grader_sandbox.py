@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from grader.layout import ROOT
 from grader.sandbox import LAYERS, Limits, readable_paths, support
 
-ROOT = Path(__file__).resolve().parents[1]
 PROBE = textwrap.dedent('''
     import ctypes, json, os, socket, sys, tempfile
     from grader import sandbox

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
+from grader.layout import ROOT
 from grader.scan import scan_cells, scan_source
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
 from release import lessons  # noqa: E402

@@ -22,9 +22,9 @@ import pytest
 
 from grader import tripwire
 from grader.assemble import InstructorCell, assemble
+from grader.layout import ROOT
 from grader.sandbox import ENV_ALLOWED
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
 import example_class  # noqa: E402

@@ -13,7 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from grader.layout import ROOT
+
 sys.path.insert(0, str(ROOT / "tools"))
 from classroom import ONE_WRONG as BROKEN  # noqa: E402
 from release import lessons, release  # noqa: E402

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parents[1]
+from grader.layout import ROOT
+
 KINDS = ("correct", "partly", "blank", "stripped")
 # What the `onewrong` student of the tests breaks: (lesson, answer cell, what they typed), one exercise per lesson.
 ONE_WRONG = [("01_setup", "is_cat", "def is_cat(name):\n    return name[0].islower()\n"),

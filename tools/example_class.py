@@ -1,7 +1,7 @@
 """Generate examples/class/: a fictional class of twelve and what an LMS hands the instructor.
 
-    python tools/example_class.py            # rewrite examples/class/ from the lessons
-    python tools/example_class.py --check    # exit 1 if examples/class/ is out of date
+    PYTHONPATH=. python tools/example_class.py            # rewrite examples/class/ from the lessons
+    PYTHONPATH=. python tools/example_class.py --check    # exit 1 if examples/class/ is out of date
 
 `roster.csv` is nbgrader's student list. `01_setup.zip` is a Canvas bulk download
 (`lastnamefirstname_userid_submissionid_file`, `_LATE_`, `-1` for a second upload) and
@@ -17,15 +17,11 @@ import io
 import json
 import sys
 import zipfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(ROOT))
-import classroom  # noqa: E402
-from grader.roster import squash  # noqa: E402
+import classroom                       # tools/ is on sys.path: this script's folder, or put there by the tests
+from grader.layout import EXAMPLE_CLASS as OUT, ROOT
+from grader.roster import squash
 
-OUT = ROOT / "examples" / "class"
 LESSONS = ("01_setup", "05_gradcam")
 # id, first name, last name, LMS user id
 STUDENTS = [("aokafor", "Adaeze", "Okafor", 1101), ("blindqvist", "Björn", "Lindqvist", 1102),
@@ -164,7 +160,7 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         stale = [name for name, data in files.items() if not (OUT / name).is_file() or (OUT / name).read_bytes() != data]
         if stale:
-            print(f"examples/class/ is out of date ({', '.join(stale)}): run python tools/example_class.py")
+            print(f"examples/class/ is out of date ({', '.join(stale)}): run PYTHONPATH=. python tools/example_class.py")
         return 1 if stale else 0
     OUT.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():

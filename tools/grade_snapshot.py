@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parents[1]
 # Run in a child with the checkout first on sys.path: makes a scratch course and hands in build_class's submissions.
 BUILD_HOSTILE = """import sys; from pathlib import Path
 repo, course, outside, port = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
@@ -122,9 +121,16 @@ def compare(old_file: Path, new_file: Path) -> int:
     return 1 if diffs else 0
 
 
+def checkout_on_path() -> Path:
+    """The checkout whose grader is importable (this one with PYTHONPATH=.); asked only when --repo is not given,
+    so that --repo OLD works whatever OLD's layout."""
+    from grader.layout import ROOT
+    return ROOT
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, default=HERE, help="checkout to grade with (default: this one)")
+    parser.add_argument("--repo", type=Path, help="checkout to grade with (default: the one on PYTHONPATH)")
     parser.add_argument("--out", type=Path, help="where to write the snapshot JSON")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD.json", "NEW.json"), help="diff two snapshots")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (its path is printed)")
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="grade-snapshot-"))
     print(f"grading in {work}", file=sys.stderr)
     try:
-        snap = snapshot(args.repo.resolve(), work)
+        snap = snapshot((args.repo or checkout_on_path()).resolve(), work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

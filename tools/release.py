@@ -1,6 +1,6 @@
 """Regenerate the student release: `notebooks/` from the nbgrader sources in `solutions/`.
 
-    make release          # or: python tools/release.py [lesson ...]
+    make release          # or: PYTHONPATH=. python tools/release.py [lesson ...]
 
 The work is `grader.release` (what `course release` runs), here without the
 gradebook, so the repository gets no gradebook.db: solutions are replaced by stubs, hidden tests
@@ -12,10 +12,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from grader.gradebook import Course  # noqa: E402
-from grader.release import lessons as course_lessons, release as release_lessons  # noqa: E402
+from grader.gradebook import Course
+from grader.layout import ROOT
+from grader.release import lessons as course_lessons, release as release_lessons
 
 
 def lessons() -> list[str]:
