@@ -1,10 +1,11 @@
 """Lesson 6 in a real browser: JupyterLab 4 (started by tools/lab.sh, as `make lab` does) on a
 temporary copy of the course, driven by Debian's headless chromium through Playwright.
 
-A solved copy of the lesson runs all its cells from the Run menu; changing the explorer's layer
-control changes the overlay; no cell shows an error; nbgrader's Validate button passes the solved
-copy and fails the blank one. Screenshots of the explorer at two layers are kept in
-`outputs/browser/` (or $COURSE_ARTEFACTS), and their paths are printed.
+A solved copy of the lesson runs all its cells from the Run menu, on an idle machine and with every
+core kept busy by other processes; changing the explorer's layer control changes the overlay; no
+cell shows an error; nbgrader's Validate button passes the solved copy and fails the blank one.
+Screenshots of the explorer at two layers are kept in `outputs/browser/` (or $COURSE_ARTEFACTS),
+and their paths are printed.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -31,6 +33,7 @@ LESSON = "06_inner_layers"
 ARTEFACTS = Path(os.environ.get("COURSE_ARTEFACTS", ROOT / "outputs" / "browser"))
 CURRENT = ".jp-NotebookPanel:not(.lm-mod-hidden)"       # the notebook in view
 RUN_ALL_TIMEOUT_MS = 600_000     # how long to wait for the lesson's cells (not a test of speed)
+STARTED_TIMEOUT_MS = 120_000     # how long Run All may take to start the first cell
 
 
 def free_port() -> int:
@@ -55,11 +58,13 @@ def wait_for_server(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """JupyterLab on a free localhost port with a token, serving a temporary course folder with a
-    solved and a blank copy of the lesson. Yields (base url, token, folder)."""
+    """JupyterLab on a free localhost port with a token, serving a temporary course folder with two
+    solved copies of the lesson (`solved`, `loaded`: one per Run All) and a blank one. The page
+    exposes the app (`window.jupyterapp`) so the tests can read the kernel's state. Yields (base
+    url, token, folder)."""
     course = tmp_path_factory.mktemp("lab-course")
     shutil.copy(ROOT / "nbgrader_config.py", course)
-    for kind, folder in (("correct", "solved"), ("blank", "blank")):
+    for kind, folder in (("correct", "solved"), ("correct", "loaded"), ("blank", "blank")):
         classroom.write(classroom.submission(LESSON, kind), course / folder / f"{LESSON}.ipynb")
     settings = course / ".settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
@@ -74,7 +79,8 @@ def lab(tmp_path_factory):
     with open(log, "w") as out:
         proc = subprocess.Popen([str(ROOT / "tools" / "lab.sh"), "--no-browser", "--ip=127.0.0.1",
                                  f"--port={port}", f"--IdentityProvider.token={token}",
-                                 f"--ServerApp.root_dir={course}", "--ServerApp.port_retries=0"],
+                                 f"--ServerApp.root_dir={course}", "--ServerApp.port_retries=0",
+                                 "--LabApp.expose_app_in_browser=True"],
                                 cwd=course, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -110,10 +116,13 @@ def open_notebook(browser, lab, folder: str):
 
 
 def kernel_idle(page, timeout: float = 120_000) -> None:
-    """Wait until the notebook's kernel reports idle."""
+    """Wait until the notebook in view has a kernel, connected and idle. Not the toolbar's status
+    indicator: it says idle before any kernel exists, and a Run All in that window (a kernel start
+    takes a minute on a busy machine) asks which kernel to start and runs nothing."""
     page.wait_for_function(
-        f"() => {{ const s = document.querySelector(\"{CURRENT} [data-status]\");"
-        " return s && s.getAttribute('data-status') === 'idle'; }", timeout=timeout)
+        """() => { const k = window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel;
+                   return !!k && k.connectionStatus === 'connected' && k.status === 'idle'; }""",
+        timeout=timeout)
 
 
 def menu(page, top: str, item: str) -> None:
@@ -122,15 +131,41 @@ def menu(page, top: str, item: str) -> None:
     page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
 
 
-def run_all(page) -> None:
-    """Run > Run All Cells, then wait until every code cell has an execution number."""
+def run_all(page) -> float:
+    """Run > Run All Cells, then wait until every code cell has an execution number; returns the
+    seconds taken. Fails early, with a screenshot, when no cell starts (a dialog asks instead)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    start = time.perf_counter()
     menu(page, "Run", "Run All Cells")
-    page.wait_for_function(
-        """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
-                     .map(e => e.textContent.trim());
-                   return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t)); }""",
-        timeout=RUN_ALL_TIMEOUT_MS)
+    prompts = "[...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim())"
+    dialog = "document.querySelector('.jp-Dialog') !== null"
+    started = f"() => {dialog} || {prompts}.some(t => /^\\[(\\*|\\d+)\\]:$/.test(t))"
+    finished = f"() => {{ const p = {prompts}; return {dialog} || (p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t))); }}"
+    try:
+        page.wait_for_function(started, timeout=STARTED_TIMEOUT_MS)
+    except PlaywrightTimeout:
+        page.screenshot(path=str(ARTEFACTS / "run-all-started-nothing.png"))
+        pytest.fail(f"Run All started no cell in {STARTED_TIMEOUT_MS // 1000} s; the page: "
+                    f"{ARTEFACTS / 'run-all-started-nothing.png'}")
+    page.wait_for_function(finished, timeout=RUN_ALL_TIMEOUT_MS)
+    if page.locator(".jp-Dialog").count():
+        page.screenshot(path=str(ARTEFACTS / "run-all-dialog.png"))
+        pytest.fail(f"Run All opened a dialog instead of running the cells:\n{page.locator('.jp-Dialog').inner_text()}")
     kernel_idle(page)
+    return time.perf_counter() - start
+
+
+@contextmanager
+def busy_cores(n: int):
+    """`n` other processes, each spinning on one core, for the duration of the block."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+        for p in spinners:
+            p.wait()
 
 
 def save(page) -> None:
@@ -146,29 +181,36 @@ def overlay_bytes(page) -> bytes:
     return bytes(data)
 
 
-def test_lesson_runs_in_jupyterlab_and_the_layer_control_moves_the_overlay(browser, lab):
-    page = open_notebook(browser, lab, "solved")
-    run_all(page)
-    explorer = page.locator(".cam-explorer")
-    explorer.wait_for(timeout=60_000)
-    layer = explorer.locator(".widget-dropdown", has_text="layer").locator("select")
-    assert layer.input_value() == "model[0][4]"
-    shots = [ARTEFACTS / "explorer-model[0][4].png", ARTEFACTS / "explorer-model[0][1].png"]
-    before = overlay_bytes(page)
-    explorer.screenshot(path=str(shots[0]))
-    layer.select_option("model[0][1]")
-    page.wait_for_function(
-        "() => document.querySelector('.cam-explorer .cam-caption').textContent.includes('model[0][1] (32×32)')",
-        timeout=60_000)
-    after = overlay_bytes(page)
-    explorer.screenshot(path=str(shots[1]))
-    print("\nscreenshots:", *shots, sep="\n  ")
-    assert before[:8] == after[:8] == b"\x89PNG\r\n\x1a\n"
-    assert before != after, "changing the layer did not change the overlay image"
-    assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
-                        has_text="Traceback").count() == 0
-    save(page)
-    nb = nbformat.read(lab[2] / "solved" / f"{LESSON}.ipynb", as_version=4)
+CORES = len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("folder, busy", [("solved", 0), ("loaded", CORES)], ids=["idle", "every-core-busy"])
+def test_lesson_runs_in_jupyterlab_and_the_layer_control_moves_the_overlay(browser, lab, folder, busy):
+    with busy_cores(busy):              # from opening the notebook (its kernel starts) to the last check
+        page = open_notebook(browser, lab, folder)
+        seconds = run_all(page)
+        print(f"\nRun All: {seconds:.0f} s with {busy} of {CORES} cores kept busy by other processes")
+        explorer = page.locator(".cam-explorer")
+        explorer.wait_for(timeout=60_000)
+        layer = explorer.locator(".widget-dropdown", has_text="layer").locator("select")
+        assert layer.input_value() == "model[0][4]"
+        prefix = "" if folder == "solved" else f"{folder}-"
+        shots = [ARTEFACTS / f"{prefix}explorer-model[0][4].png", ARTEFACTS / f"{prefix}explorer-model[0][1].png"]
+        before = overlay_bytes(page)
+        explorer.screenshot(path=str(shots[0]))
+        layer.select_option("model[0][1]")
+        page.wait_for_function(
+            "() => document.querySelector('.cam-explorer .cam-caption').textContent.includes('model[0][1] (32×32)')",
+            timeout=60_000)
+        after = overlay_bytes(page)
+        explorer.screenshot(path=str(shots[1]))
+        print("screenshots:", *shots, sep="\n  ")
+        assert before[:8] == after[:8] == b"\x89PNG\r\n\x1a\n"
+        assert before != after, "changing the layer did not change the overlay image"
+        assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+                            has_text="Traceback").count() == 0
+        save(page)
+    nb = nbformat.read(lab[2] / folder / f"{LESSON}.ipynb", as_version=4)
     errors = [(c.get("id"), o.get("ename"), o.get("evalue")) for c in nb.cells if c.cell_type == "code"
               for o in c.outputs if o.output_type == "error"]
     assert not errors, f"cells raised in the browser: {errors}"
