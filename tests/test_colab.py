@@ -51,8 +51,8 @@ def source_copy(dest: Path) -> Path:
     dest.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, dest)
-    shutil.copytree(ROOT / "course_utils", dest / "course_utils",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("course_utils", "grader"):       # the project installs both (the `course` command is grader's)
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 

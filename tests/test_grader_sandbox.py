@@ -23,6 +23,7 @@ from grader.sandbox import LAYERS, Limits, readable_paths, support
 
 PROBE = textwrap.dedent('''
     import ctypes, json, os, socket, sys, tempfile
+    import torch                     # warm, as a grading worker is: the address-space limit counts from here
     from grader import sandbox
     course, cache, port, without, stage = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     r, w = os.pipe()
