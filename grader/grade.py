@@ -299,13 +299,18 @@ class _WorkerPool:
 
     def close(self) -> None:
         """Cancel the jobs not started, then close the workers until no job runs (idempotent).
-        Closing a busy worker ends its job (WorkerDied); a worker restarted meanwhile is closed next round."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+
+        Closing a busy worker ends its job (WorkerDied); a worker restarted meanwhile is closed next
+        round. The threads end last: a worker gets SIGKILL when the thread that started it ends
+        (PR_SET_PDEATHSIG follows the thread), which would leave its scratch folder behind.
+        """
+        for future in self._futures:
+            future.cancel()                                          # only the ones not started
         while running := [f for f in self._futures if not f.done()]:   # done() counts the cancelled, wait() not
             _close_all(self._workers)
             wait(running, timeout=1)
-        self._executor.shutdown(wait=True)
         _close_all(self._workers)
+        self._executor.shutdown(wait=True)
 
     def __enter__(self) -> "_WorkerPool":
         return self
