@@ -299,8 +299,8 @@ def _plain_python(source: str) -> str:
     return TransformerManager().transform_cell(source)
 
 
-def names_defined(sources: list[str]) -> set[str]:
-    """Names the setup cells bind at top level (star imports count as all of the module's public names)."""
+def names_bound(sources: list[str]) -> set[str]:
+    """Names the cells bind at top level or inside (imports, definitions, assignments); star imports bind none here."""
     names: set[str] = set()
     for source in sources:
         try:
@@ -309,51 +309,30 @@ def names_defined(sources: list[str]) -> set[str]:
             continue
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                for alias in node.names:
-                    if alias.name == "*" and isinstance(node, ast.ImportFrom):
-                        names |= _star_names(node.module or "")
-                    else:
-                        names.add((alias.asname or alias.name).split(".")[0])
+                names |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name != "*"}
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 names.add(node.name)
-            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
                 names.add(node.id)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
     return names
 
 
-def _star_names(module: str) -> set[str]:
-    import importlib
-    try:
-        mod = importlib.import_module(module)
-    except Exception:
-        return set()
-    return set(getattr(mod, "__all__", None) or (n for n in vars(mod) if not n.startswith("_")))
-
-
-def one_mode_only(source: str, setup_names: set[str]) -> str | None:
+def one_mode_only(source: str, setup_names: set[str], notebook_names: set[str]) -> str | None:
     """Why a test cell would not run the same in both modes, or None.
 
-    Under the examiner a test sees only the setup cells' names, its own, builtins and `S`; a name
-    from anywhere else (a student's variable used directly) works in-process only.
+    Under the examiner a test sees the setup cells' names, its own and `S`: a name that only the
+    notebook's other cells bind (an answer, a student's variable), used directly, works in-process only.
     """
     if not uses_examiner(source):
         return "it does not use examine(...), so it would run in the student's process"
     tree = ast.parse(_plain_python(source))
-    bound = set(setup_names) | set(dir(builtins))
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(node.name)
-            bound |= {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            bound.add(node.id)
-        elif isinstance(node, ast.arg):
-            bound.add(node.arg)
-    loaded = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound)
-    if loaded:
-        return (f"it uses {', '.join(loaded[:5])} directly, which only the student's process has "
-                "(ask for it through S)")
+    loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    direct = sorted(loaded & (notebook_names - setup_names - names_bound([source])))
+    if direct:
+        return (f"it uses {', '.join(direct[:5])} directly, which only the student's process has "
+                "(ask for it through S, or tag the cell that defines it 'setup')")
     return None
 
 

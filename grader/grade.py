@@ -19,8 +19,9 @@ from typing import Callable, Iterator, Sequence
 
 from . import layout
 from .assemble import Assembled, UnreadableNotebook, assemble, find_notebooks, read_submission
+from .examiner import SETUP_TAG, names_bound, one_mode_only, uses_examiner
 from .execute import NotebookRun
-from .gradebook import (Course, ensure_assignment, fingerprint, instructor_cells, is_done, record,
+from .gradebook import (Course, CourseError, ensure_assignment, fingerprint, instructor_cells, is_done, record,
                         release_notebook, submission_score)
 from .sandbox import LAYERS, Limits, describe, support
 
@@ -72,6 +73,7 @@ class _Prepared:
     reasons: list[str]
     flags: list[str]
     unreadable: list[str]
+    setups: dict[str, list[str] | None] = dataclasses.field(default_factory=dict)   # None: tests run in-process
 
 
 def _prepare(course: Course, assignment: str, student: str, folder: Path, names: list[str],
@@ -110,10 +112,17 @@ def _label(a: Assembled, index: int) -> str:
 
 def _job(p: _Prepared, course: Course, limits: Limits, threads: int, isolate: bool,
          without: frozenset[str]) -> Job:
-    notebooks = {name: [(i, c.source) for i, c in enumerate(a.notebook.cells) if c.cell_type == "code"]
-                 for name, a in p.assembled.items()}
+    """The job for a worker: each notebook's code cells, its examined test cells apart (see `Job`)."""
+    notebooks, setup, tests = {}, {}, {}
+    for name, a in p.assembled.items():
+        examined = p.setups.get(name) is not None
+        cells = [(i, c) for i, c in enumerate(a.notebook.cells) if c.cell_type == "code"]
+        notebooks[name] = [(i, None if examined and _is_test(c) else c.source) for i, c in cells]
+        if examined:
+            setup[name] = p.setups[name]
+            tests[name] = [(i, _label(a, i), c.source) for i, c in cells if _is_test(c)]
     return Job(key=f"{p.assignment}/{p.student}", notebooks=notebooks, course_dir=str(course.root), limits=limits,
-               threads=threads, isolate=isolate, without=tuple(sorted(without)))
+               threads=threads, isolate=isolate, without=tuple(sorted(without)), setup=setup, tests=tests)
 
 
 def _commit(course: Course, p: _Prepared, runs: dict[str, NotebookRun] | None, failure: str | None) -> Result:
@@ -237,13 +246,74 @@ def _todo(course: Course, assignment: str, force: bool, report: Report) -> list[
     names = ensure_assignment(course, assignment)
     releases = {n: release_notebook(course, assignment, n) for n in names}
     instructors = {n: instructor_cells(course, assignment, n) for n in names}
+    setups = {n: exam_setup(course, assignment, n, releases[n], instructors[n]) for n in names}
     todo = []
     for student, folder in course.submissions(assignment).items():
         if not force and is_done(course, assignment, student, fingerprint(folder)):
             report.skipped.append((assignment, student))
             continue
-        todo.append(_prepare(course, assignment, student, folder, names, releases, instructors))
+        p = _prepare(course, assignment, student, folder, names, releases, instructors)
+        p.setups = setups
+        p.reasons.extend(IN_PROCESS for n in p.assembled if setups[n] is None)
+        todo.append(p)
     return todo
+
+
+IN_PROCESS = ("graded in-process: this notebook's test cells are not written for the examiner, so they ran "
+              "in the student's own process, as in plain nbgrader")
+
+
+def exam_setup(course: Course, assignment: str, name: str, release, instructor: dict) -> list[str] | None:
+    """The setup cells the examiner starts a notebook's tests from, or None if its tests run in-process.
+
+    A notebook whose test cells use `examine(...)` is graded by the examiner; then every test cell
+    must work there, or grading stops naming the cell (a test that only works in one mode would
+    grade differently under Validate and under `course grade`). Test cells come from the gradebook
+    (hidden tests included), a setup cell that is an exercise from the source notebook (its answer).
+    """
+    tests = [(c.metadata["nbgrader"]["grade_id"], instructor[c.metadata["nbgrader"]["grade_id"]].source)
+             for c in release.cells if c.cell_type == "code" and _is_test(c)
+             and c.metadata["nbgrader"].get("grade_id") in instructor]
+    if not any(uses_examiner(source) for _, source in tests):
+        return None
+    code = [c for c in release.cells if c.cell_type == "code"]
+    answers = _source_answers(course, assignment, name)
+    setup = [_setup_source(c, answers, f"{assignment}/{name}.ipynb") for c in code
+             if SETUP_TAG in c.metadata.get("tags", [])]
+    others = [c.source for c in code if SETUP_TAG not in c.metadata.get("tags", []) and not _is_test(c)]
+    setup_names, notebook_names = names_bound(setup), names_bound(others)
+    for grade_id, source in tests:
+        if why := one_mode_only(source, setup_names, notebook_names):
+            raise CourseError(f"{assignment}/{name}.ipynb: test cell {grade_id} only works in one mode: {why}. "
+                              "Fix it in the source notebook and release the lesson again.")
+    return setup
+
+
+def _source_answers(course: Course, assignment: str, name: str) -> dict[str, str]:
+    """grade_id -> source of the solution cells of the instructor's source notebook (the gradebook keeps stubs)."""
+    import nbformat
+    path = course.root / course.source / assignment / f"{name}.ipynb"
+    if not path.is_file():
+        return {}
+    nb = nbformat.read(path, as_version=4)
+    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in nb.cells
+            if c.metadata.get("nbgrader", {}).get("solution") and c.metadata["nbgrader"].get("grade_id")}
+
+
+def _setup_source(cell, answers: dict[str, str], where: str) -> str:
+    """A setup cell's code as the instructor wrote it: an exercise's answer comes from the source notebook."""
+    meta = cell.metadata.get("nbgrader", {})
+    if not meta.get("solution"):
+        return cell.source
+    if meta.get("grade_id") not in answers:
+        raise CourseError(f"{where}: setup cell {meta.get('grade_id')} is an exercise, and the course's source "
+                          "notebook has no answer for it: restore the source notebook or untag the cell")
+    return answers[meta["grade_id"]]
+
+
+def _is_test(cell) -> bool:
+    meta = cell.metadata.get("nbgrader", {})
+    return bool(meta.get("grade")) and not meta.get("solution")
 
 
 def _in_background(fn: Callable, *args) -> Future:
@@ -345,7 +415,7 @@ def _run_dask(address: str, ready: Callable[[], None]):
         from .worker import run_on_this_machine
         ready()
         with Client(address, timeout=30) as client:
-            futures = {client.submit(run_on_this_machine, job.to_json(), pure=False,
+            futures = {client.submit(run_on_this_machine, job.to_json(), job.tests_json(), pure=False,
                                      key=f"course-grade-{job.key}-{time.time_ns()}"): job.key for job in jobs}
             for future in as_completed(futures):
                 key = futures[future]
