@@ -65,17 +65,18 @@ class Channel:
                 raise protocol.ProtocolError(f"the answers of one test passed {MAX_BYTES_PER_TEST >> 20} MB")
             if answer.get("seq") != self.seq:
                 raise protocol.ProtocolError("an answer came out of turn")
-            if "error" in answer:
-                raise _student_exception(answer["error"])
-            if "ok" not in answer:
+            if "ok" in answer and "error" not in answer:
+                return protocol.decode(answer["ok"], got, lambda h, t: Remote(self, h, t))
+            if "error" not in answer:
                 raise protocol.ProtocolError("an answer has neither a value nor an error")
-            return protocol.decode(answer["ok"], got, lambda h, t: Remote(self, h, t))
+            error = _student_exception(answer["error"])
         except TimeoutError:
             self.broken, self.timed_out = "the notebook's process did not answer in time", True
             raise ChannelBroken(self.broken) from None
         except (protocol.ProtocolError, OSError) as e:
             self.broken = f"the notebook's process broke the examiner's protocol ({e})"
             raise ChannelBroken(self.broken) from None
+        raise error         # out of the try: a student's OSError or TimeoutError is the test's, not the channel's
 
     def send_value(self, value: Any) -> tuple[Any, list[bytes]]:
         """`value` encoded for a request (Remote handles by number, torch.nn modules by value)."""
@@ -96,7 +97,9 @@ def _student_exception(error: Any) -> Exception:
         return StudentError("?", "malformed error")
     name, message = str(error.get("type", "?"))[:100], str(error.get("message", ""))[:2000]
     cls = getattr(builtins, name, None)
-    if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins":
+    # not StopIteration: raised from a call inside map() or next(), it would end the iteration quietly
+    if (isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins"
+            and not issubclass(cls, (StopIteration, StopAsyncIteration))):
         try:
             return cls(message)
         except Exception:

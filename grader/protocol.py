@@ -12,7 +12,10 @@ without limit or wait past its deadline.
 
 Encoded values: None, bool, int, float, str as themselves; everything else is an object with a
 "$" key: list, tuple, dict (keys str or int), tensor, array, image, path, module (a torch.nn
-module rebuilt from its class name, constructor arguments and state), ref (a handle).
+module rebuilt from its class name, constructor arguments and state), ref (a handle). Modules are
+decoded only where `decode` is told to (the student's side, for the examiner's models): the
+examiner never builds one from what the student's process sends. Each blob backs one value at most,
+so a small frame cannot decode into many copies of its largest blob.
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ def read_frame(fd: int, deadline: float, bounds: Bounds = DEFAULT_BOUNDS) -> tup
         raise ProtocolError(f"a frame of {size:,} bytes is larger than the {bounds.json_bytes:,} allowed")
     try:
         message = json.loads(_read_exactly(fd, size, deadline))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:     # ValueError: also an int past Python's 4300 digits
         raise ProtocolError(f"a frame is not valid JSON ({type(e).__name__})") from None
     if not isinstance(message, dict):
         raise ProtocolError("a frame is not a JSON object")
@@ -91,8 +94,10 @@ def _read_exactly(fd: int, n: int, deadline: float, allow_eof: bool = False) -> 
     chunks, got = [], 0
     while got < n:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0:
             raise TimeoutError("no frame before the deadline")
+        if not select.select([fd], [], [], min(left, 3600.0))[0]:   # select refuses an infinite timeout
+            continue
         chunk = os.read(fd, min(n - got, 1 << 20))
         if not chunk:
             if got or not allow_eof:
@@ -201,27 +206,44 @@ def _encode_module(torch, module, blobs: list[bytes]) -> dict:
 
 
 # ----------------------------------------------------------------------------- decoding
+MAX_DIMENSION = 1 << 40             # a shape's dimensions, zeros aside, multiply to no more than this
+
+
+@dataclasses.dataclass
+class _Decoding:
+    """One call of `decode`: what it may hold, and what it has used so far."""
+    blobs: list[bytes]
+    from_handle: Callable[[int, str], Any] | None
+    bounds: Bounds
+    modules: bool
+    items: int = 0
+    used: set = dataclasses.field(default_factory=set)
+
+    def enter(self, depth: int) -> None:
+        self.items += 1
+        if depth > self.bounds.depth or self.items > self.bounds.items:
+            raise ProtocolError("a value is nested too deep or has too many items")
+
+
 def decode(data: Any, blobs: list[bytes], from_handle: Callable[[int, str], Any] | None = None,
-           bounds: Bounds = DEFAULT_BOUNDS) -> Any:
-    """The value `encode` described, checked strictly: an unknown kind or bad size is a ProtocolError."""
-    counter = [0]
-    return _decode(data, blobs, from_handle, bounds, 0, counter)
+           bounds: Bounds = DEFAULT_BOUNDS, modules: bool = False) -> Any:
+    """The value `encode` described, checked strictly: an unknown kind or bad size is a ProtocolError.
+
+    torch.nn modules are rebuilt only with `modules` (the student's side, receiving the examiner's
+    models); otherwise a module is a ProtocolError like any unknown kind."""
+    return _decode(data, _Decoding(blobs, from_handle, bounds, modules), 0)
 
 
-def _decode(data, blobs, from_handle, bounds: Bounds, depth: int, counter: list) -> Any:
-    counter[0] += 1
-    if depth > bounds.depth or counter[0] > bounds.items:
-        raise ProtocolError("a value is nested too deep or has too many items")
+def _decode(data, state: _Decoding, depth: int) -> Any:
+    state.enter(depth)
     if data is None or type(data) in (bool, int, float):
         return data
     if type(data) is str:
-        if len(data) > bounds.string_chars:
-            raise ProtocolError("a string is longer than allowed")
-        return data
+        return _bounded_str(data, state.bounds)
     if type(data) is not dict or type(data.get("$")) is not str:
         raise ProtocolError(f"a value of an unknown form ({type(data).__name__})")
     kind = data["$"]
-    sub = lambda v: _decode(v, blobs, from_handle, bounds, depth + 1, counter)  # noqa: E731
+    sub = lambda v: _decode(v, state, depth + 1)  # noqa: E731
     if kind in ("list", "tuple"):
         items = _field(data, "items", list)
         return (list if kind == "list" else tuple)(sub(v) for v in items)
@@ -229,34 +251,43 @@ def _decode(data, blobs, from_handle, bounds: Bounds, depth: int, counter: list)
         pairs = _field(data, "items", list)
         if not all(type(p) is list and len(p) == 2 and type(p[0]) in (str, int) for p in pairs):
             raise ProtocolError("a dict's items are malformed")
-        return {k: sub(v) for k, v in pairs}
+        return {(_bounded_str(k, state.bounds) if type(k) is str else k): sub(v) for k, v in pairs}
     if kind == "bigint":
         text = _field(data, "text", str)
         if len(text) > 400:
             raise ProtocolError("an integer is too long")
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:
+            raise ProtocolError("an integer is malformed") from None
     if kind == "float":
         text = _field(data, "text", str)
         if text not in ("nan", "inf", "-inf"):
             raise ProtocolError("a float is malformed")
         return float(text)
     if kind == "tensor":
-        return _decode_tensor(data, blobs)
+        return _decode_tensor(data, state)
     if kind == "array":
-        return _decode_array(data, blobs)
+        return _decode_array(data, state)
     if kind == "image":
-        return _decode_image(data, blobs)
+        return _decode_image(data, state)
     if kind == "path":
         import pathlib
-        return pathlib.Path(_field(data, "text", str))
-    if kind == "module":
-        return _decode_module(data, blobs, depth, bounds)
+        return pathlib.Path(_bounded_str(_field(data, "text", str), state.bounds))
+    if kind == "module" and state.modules:
+        return _decode_module(data, state, depth)
     if kind == "ref":
-        if from_handle is None:
+        if state.from_handle is None:
             raise ProtocolError("a handle where only values are allowed")
         handle, type_name = _field(data, "id", int), data.get("type", "object")
-        return from_handle(handle, type_name if type(type_name) is str else "object")
+        return state.from_handle(handle, type_name[:200] if type(type_name) is str else "object")
     raise ProtocolError(f"a value of an unknown kind {kind[:40]!r}")
+
+
+def _bounded_str(text: str, bounds: Bounds) -> str:
+    if len(text) > bounds.string_chars:
+        raise ProtocolError("a string is longer than allowed")
+    return text
 
 
 def _field(data: dict, name: str, kind: type) -> Any:
@@ -266,80 +297,105 @@ def _field(data: dict, name: str, kind: type) -> Any:
     return value
 
 
-def _blob_for(data: dict, blobs: list[bytes], dtype_size: int) -> tuple[bytes, list[int]]:
-    shape, index = _field(data, "shape", list), _field(data, "blob", int)
-    if not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 16 or not 0 <= index < len(blobs):
-        raise ProtocolError("a tensor's shape or blob is malformed")
-    if math.prod(shape) * dtype_size != len(blobs[index]):
+def _blob(data: dict, state: _Decoding) -> bytes:
+    """The blob a value names, which no other value of this decode has used."""
+    index = _field(data, "blob", int)
+    if not 0 <= index < len(state.blobs) or index in state.used:
+        raise ProtocolError("a value names a blob that is missing or already used")
+    state.used.add(index)
+    return state.blobs[index]
+
+
+def _blob_for(data: dict, state: _Decoding, dtype_size: int) -> tuple[bytes, list[int]]:
+    shape = _field(data, "shape", list)
+    if (len(shape) > 16 or not all(type(n) is int and n >= 0 for n in shape)
+            or math.prod(max(n, 1) for n in shape) > MAX_DIMENSION):
+        raise ProtocolError("a tensor's shape is malformed")
+    blob = _blob(data, state)
+    if math.prod(shape) * dtype_size != len(blob):
         raise ProtocolError("a tensor's bytes do not match its shape and dtype")
-    return blobs[index], shape
+    return blob, shape
 
 
-def _decode_tensor(data: dict, blobs: list[bytes]):
+def _decode_tensor(data: dict, state: _Decoding):
     import torch
     dtype = _field(data, "dtype", str)
     if dtype not in TENSOR_DTYPES:
         raise ProtocolError(f"a tensor of dtype {dtype[:20]!r} is not allowed")
     torch_dtype = getattr(torch, dtype)
-    blob, shape = _blob_for(data, blobs, torch.empty((), dtype=torch_dtype).element_size())
-    t = (torch.frombuffer(bytearray(blob), dtype=torch_dtype) if blob else torch.empty(0, dtype=torch_dtype))
+    blob, shape = _blob_for(data, state, torch.empty((), dtype=torch_dtype).element_size())
+    if dtype == "bool":                 # any byte but 0 is True: a bool holds 0 or 1, nothing else
+        t = torch.frombuffer(bytearray(blob), dtype=torch.uint8) != 0 if blob else torch.empty(0, dtype=torch.bool)
+    else:
+        t = torch.frombuffer(bytearray(blob), dtype=torch_dtype) if blob else torch.empty(0, dtype=torch_dtype)
     t = t.reshape(shape)
     if data.get("requires_grad") is True and t.is_floating_point():
         t.requires_grad_(True)
     return t
 
 
-def _decode_array(data: dict, blobs: list[bytes]):
+def _decode_array(data: dict, state: _Decoding):
     import numpy as np
     dtype = _field(data, "dtype", str)
     if dtype not in TENSOR_DTYPES:
         raise ProtocolError(f"an array of dtype {dtype[:20]!r} is not allowed")
-    blob, shape = _blob_for(data, blobs, np.dtype(dtype).itemsize)
+    blob, shape = _blob_for(data, state, np.dtype(dtype).itemsize)
+    if dtype == "bool":
+        return (np.frombuffer(blob, dtype=np.uint8) != 0).reshape(shape)
     return np.frombuffer(blob, dtype=dtype).reshape(shape).copy()
 
 
-def _decode_image(data: dict, blobs: list[bytes]):
+def _decode_image(data: dict, state: _Decoding):
     from PIL import Image
-    mode, size, index = _field(data, "mode", str), _field(data, "size", list), _field(data, "blob", int)
+    mode, size = _field(data, "mode", str), _field(data, "size", list)
     if mode not in IMAGE_MODES or len(size) != 2 or not all(type(n) is int and 0 < n <= 8192 for n in size):
         raise ProtocolError("an image's mode or size is not allowed")
-    if not 0 <= index < len(blobs) or len(blobs[index]) != size[0] * size[1] * len(mode):
+    blob = _blob(data, state)
+    if len(blob) != size[0] * size[1] * len(mode):
         raise ProtocolError("an image's bytes do not match its size")
-    image = Image.frombytes(mode, tuple(size), blobs[index])
+    image = Image.frombytes(mode, tuple(size), blob)
     if data.get("fastai") is True:
         from fastai.vision.core import PILImage
         image = PILImage(image)
     return image
 
 
-def _decode_module(data: dict, blobs: list[bytes], depth: int, bounds: Bounds):
+def _decode_module(data: dict, state: _Decoding, depth: int):
     """Rebuild a torch.nn module from its class name (torch.nn's own only), arguments and state."""
     import torch
     name = _field(data, "class", str)
     cls = getattr(torch.nn, name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)) or name.startswith("_"):
         raise ProtocolError(f"{name[:40]!r} is not a torch.nn module")
-    if depth > bounds.depth:
-        raise ProtocolError("a module is nested too deep")
     if cls is torch.nn.Sequential:
         children = _field(data, "children", list)
         if not all(type(c) is list and len(c) == 2 and type(c[0]) is str for c in children):
             raise ProtocolError("a Sequential's children are malformed")
         module = torch.nn.Sequential()
         for child_name, child in children:
-            module.add_module(child_name, _decode_module(_ensure_dict(child), blobs, depth + 1, bounds))
-    else:
-        args = {k: decode(v, blobs, bounds=bounds) for k, v in _field(data, "args", dict).items()}
-        try:
-            module = cls(**args)
-        except Exception as e:
-            raise ProtocolError(f"{name} could not be built from its arguments ({type(e).__name__})") from None
-    if cls is torch.nn.Sequential:
+            state.enter(depth + 1)
+            child = _ensure_dict(child)
+            if child.get("$") != "module":
+                raise ProtocolError("a Sequential's child is not a module")
+            try:
+                module.add_module(child_name, _decode_module(child, state, depth + 1))
+            except (KeyError, TypeError) as e:      # a name torch refuses ("", with a dot, taken)
+                raise ProtocolError(f"a Sequential's child has a bad name ({type(e).__name__})") from None
         module.training = bool(data.get("training"))   # not recursive: each child said its own
         return module
-    state = {k: _decode_tensor(_ensure_dict(v), blobs) for k, v in _field(data, "state", dict).items()}
+    args = {k: _decode(v, state, depth + 1) for k, v in _field(data, "args", dict).items()}
     try:
-        module.load_state_dict(state, strict=True)
+        module = cls(**args)
+    except Exception as e:
+        raise ProtocolError(f"{name} could not be built from its arguments ({type(e).__name__})") from None
+    tensors = {}
+    for k, v in _field(data, "state", dict).items():
+        state.enter(depth + 1)
+        if _ensure_dict(v).get("$") != "tensor":
+            raise ProtocolError("a module's state holds something other than a tensor")
+        tensors[k] = _decode_tensor(v, state)
+    try:
+        module.load_state_dict(tensors, strict=True)
     except Exception as e:
         raise ProtocolError(f"{name}'s state does not fit it ({type(e).__name__})") from None
     return module.train(bool(data.get("training")))

@@ -50,15 +50,23 @@ def serve_test(fd: int, namespace: dict, index: int, deadline_seconds: float) ->
             encoded, out_blobs = _answer(request, blobs, namespace)
             answer = {"ok": encoded}
         except BaseException as e:      # the student's code raised: say what, by value
-            out_blobs, answer = [], {"error": {"type": type(e).__name__[:100], "message": str(e)[:2000]}}
+            out_blobs, answer = [], {"error": {"type": type(e).__name__[:100], "message": _message(e)}}
         protocol.write_frame(fd, {"seq": seq, **answer}, out_blobs)
+
+
+def _message(e: BaseException) -> str:
+    """str(e), bounded; an exception whose __str__ fails still gets an answer (else the channel stops)."""
+    try:
+        return str(e)[:2000]
+    except BaseException:
+        return "(its message could not be read)"
 
 
 def _answer(request: dict, blobs: list[bytes], namespace: dict) -> tuple[Any, list[bytes]]:
     """Carry out one request; returns the encoded result and its byte blobs."""
     import torch
     op = request.get("op")
-    arg = lambda v: protocol.decode(v, blobs, lambda h, _t: _handles.get(h))  # noqa: E731
+    arg = lambda v: protocol.decode(v, blobs, lambda h, _t: _handles.get(h), modules=True)  # noqa: E731
     if op == "get":
         name = request.get("name")
         if type(name) is not str or name not in namespace:
