@@ -4,8 +4,11 @@ One module per step: `release` (student notebooks and gradebook entries), `roste
 (what students hand in, placed where nbgrader expects it), the grading engine — `assemble` (the
 instructor's notebook with the student's answers), `scan` (flags for a person), `sandbox` (what a
 run may touch), `execute` (sandboxed runs in forked children), `worker` (the process that pays the
-imports once), `score` (nbgrader's rule, with reasons), `gradebook` (nbgrader's gradebook and course
-folder), `grade` (the whole run) —, `feedback` (pages that explain), `overview` (grades of every
+imports once), `examiner` (the process that runs the test cells and decides every verdict),
+`protocol` and `student_side` (the by-value channel to the student's process and its end of it),
+`tripwire` (an audit hook in the student's process: flags for review), `score` (nbgrader's rule,
+with reasons), `gradebook` (nbgrader's gradebook and course folder), `grade` (the whole run) —,
+`feedback` (pages that explain), `overview` (grades of every
 lesson, status), `workflow` (all of it on the example class) and `cli`.
 """
 from .collect import Collected, collect

@@ -208,15 +208,22 @@ def run_cell(source: str, namespace: dict, label: str) -> list[dict]:
     outputs = [{"output_type": "stream", "name": name, "text": [text]}
                for name, text in (("stdout", out.getvalue()), ("stderr", err.getvalue())) if text]
     if error is not None:
+        where = [f'File "{f.filename}", line {f.lineno}' for f in traceback.extract_tb(error.__traceback__)
+                 if f.filename == _filename(label)][-1:]               # the line, never its text
         outputs.append({"output_type": "error", "ename": type(error).__name__, "evalue": str(error),
-                        "traceback": traceback.format_exception_only(type(error), error)})
+                        "traceback": where + traceback.format_exception_only(type(error), error)})
     return outputs
 
 
 def _compile(source: str, label: str):
     """Compile a cell, IPython syntax (magics) included."""
     from IPython.core.inputtransformer2 import TransformerManager
-    return compile(TransformerManager().transform_cell(source), f"<{label}>", "exec")
+    return compile(TransformerManager().transform_cell(source), _filename(label), "exec")
+
+
+def _filename(label: str) -> str:
+    """The file name a test cell's code is compiled under (feedback reads the failing line from it)."""
+    return f"<test cell {label}>"
 
 
 _setups: dict[str, dict] = {}

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from . import sandbox
+from . import sandbox, tripwire
 from .examiner import Examiner
 from .sandbox import Limits, Policy
 
@@ -80,6 +80,7 @@ class NotebookRun:
     outputs: dict[int, list] = dataclasses.field(default_factory=dict)
     seconds: dict[int, float] = dataclasses.field(default_factory=dict)
     events: list[str] = dataclasses.field(default_factory=list)   # plain-language reasons
+    flags: list[str] = dataclasses.field(default_factory=list)    # the tripwire's, for review (grader.tripwire)
     attempts: int = 0
     wall_seconds: float = 0.0
     max_rss_bytes: int = 0              # the largest memory all the run's processes held together
@@ -95,7 +96,8 @@ class NotebookRun:
                    seconds={int(k): float(v) for k, v in data["seconds"].items()},
                    events=[str(e) for e in data["events"]], attempts=int(data["attempts"]),
                    wall_seconds=float(data["wall_seconds"]), max_rss_bytes=int(data["max_rss_bytes"]),
-                   peak_processes=int(data.get("peak_processes", 0)))
+                   peak_processes=int(data.get("peak_processes", 0)),
+                   flags=[str(f) for f in data.get("flags", [])])
 
 
 def error_output(ename: str, message: str) -> dict:
@@ -138,13 +140,16 @@ def _child(cells: list[tuple[int, str | None]], skipped: dict[int, str], limits:
     from .student_side import serve_test
     shell = CaptureShell(path=os.getcwd(), mpl_format="png")
     sys.path[:] = [p for p in sys.path if p and os.path.isabs(p)]    # IPython adds the current folder
+    wire = tripwire.install([fd] if exam_fd is None else [fd, exam_fd])   # a record for review, not a defence
     limit = limits.cell_seconds
     for index, source in cells:
-        if source is None and index not in skipped:
-            try:
-                serve_test(exam_fd, shell.user_ns, index, limit + REPORT_GRACE)
-            except Exception:               # the examiner has the verdict; go on with the notebook
-                pass
+        wire.cell = index                  # flags read "cell <index>: ..." (the grader names the cell)
+        if source is None:                 # a test: the examiner's (a skipped one is the grader's "not run")
+            if index not in skipped:
+                try:
+                    serve_test(exam_fd, shell.user_ns, index, limit + REPORT_GRACE)
+                except Exception:           # the examiner has the verdict; go on with the notebook
+                    pass
             continue
         send(fd, {"start": index})
         start = time.monotonic()
@@ -158,8 +163,8 @@ def _child(cells: list[tuple[int, str | None]], skipped: dict[int, str], limits:
                 send(fd, {"timeout": index})
                 os._exit(0)
         outputs = cap_outputs([dict(o) for o in outputs], limits.output_bytes)
-        send(fd, {"done": index, "outputs": outputs, "seconds": time.monotonic() - start})
-    send(fd, {"finished": True})
+        send(fd, {"done": index, "outputs": outputs, "seconds": time.monotonic() - start, "flags": wire.flags()})
+    send(fd, {"finished": True, "flags": wire.flags()})
 
 
 # ----------------------------------------------------------------------------- the worker's side
@@ -217,6 +222,8 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
     sources = [r] + ([examiner.reports] if examiner else [])
     current = lambda: next((now[fd] for fd in reversed(sources) if now.get(fd) is not None), now.get(r))  # noqa: E731
     tests = exam.tests if exam else frozenset()
+    for index in tests & skipped.keys():             # the grader's own word: no process reports these
+        run.outputs[index] = [error_output("CellNotRun", skipped[index])]
     try:
         while True:
             running = current()              # a test in progress, else the notebook's own cell
@@ -241,14 +248,18 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
                     continue
                 break
             # a test cell's outputs come from the examiner alone (or are the grader's own "not run")
-            allowed = (lambda i: i in tests) if from_examiner else (lambda i: i not in tests or i in skipped)
+            allowed = (lambda i: i in tests) if from_examiner else (lambda i: i not in tests)
             if "start" in message:
-                running = now[fd] = _expect_index(message["start"], cells)
-                if not allowed(running):
-                    lost = (running, f"cell {_label(running)} sent the grader a message about a test cell")
+                index = _known_index(message["start"], cells)
+                if index is None or not allowed(index):    # blame the cell that runs, never the one named
+                    lost = (running, f"cell {_label(running)} sent the grader a message about "
+                                     f"{'another' if index is None else 'a test'} cell")
                     break
+                running = now[fd] = index
             elif "done" in message and message["done"] == running and allowed(running):
                 now[fd] = None
+                if not from_examiner:
+                    run.flags = _flags(message, run.flags)
                 run.outputs[running] = list(message.get("outputs") or [])
                 run.seconds[running] = float(message.get("seconds", 0.0))
                 if _ran_out_of_memory(run.outputs[running]):
@@ -258,6 +269,7 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
                 lost = (running, f"cell {_label(running)} ran for more than {limits.cell_seconds:.0f} s")
                 break
             elif message.get("finished") and not from_examiner:
+                run.flags = _flags(message, run.flags)
                 finished = True
                 break
             else:
@@ -307,6 +319,14 @@ class _ExaminerRun:
             pass
 
 
+def _flags(message: dict, before: list[str]) -> list[str]:
+    """The tripwire's flags a notebook's frame carries (all so far), bounded; the student's process
+    wrote them, so they can only add to a review, never clear one: flags seen earlier are kept."""
+    got = message.get("flags")
+    got = [str(f)[:1000] for f in got[:tripwire.MAX_FLAGS + 1]] if type(got) is list else []
+    return before + [f for f in got if f not in before]
+
+
 def _next_ready(fds: list[int], deadline: float) -> int:
     """The first of `fds` with something to read (the examiner's reports before the notebook's frames)."""
     left = deadline - time.monotonic()
@@ -335,10 +355,9 @@ def _remove(folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _expect_index(value, cells) -> int:
-    if type(value) is not int or value not in {i for i, _ in cells}:
-        raise ValueError("unknown cell")
-    return value
+def _known_index(value, cells) -> int | None:
+    """`value` if it is the index of one of the cells, else None."""
+    return value if type(value) is int and value in {i for i, _ in cells} else None
 
 
 def _label(index) -> str:

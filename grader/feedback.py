@@ -27,7 +27,8 @@ from .gradebook import NOT_GRADED, Course, CourseError, Outcome, check_lesson, o
 
 HIDDEN = re.compile(r"^[ \t]*#+[ \t]*BEGIN HIDDEN TESTS.*?(?:^[ \t]*#+[ \t]*END HIDDEN TESTS[^\n]*$|\Z)", re.M | re.S)
 HIDDEN_NOTE = "# (hidden tests: run by the grader, not shown)"
-_FRAME = re.compile(r'File "<ipython-input-[^>]*>", line (\d+)|Cell In\[\d+\], line (\d+)')
+# the test cell's own frame: IPython's two spellings, and the examiner's (File "<test cell test_is_cat>", line 7)
+_FRAME = re.compile(r'File "<(?:ipython-input-[^>]*|test cell [^>]*)>", line (\d+)|Cell In\[\d+\], line (\d+)')
 _EVENT_CELL = re.compile(r"cell #(\d+)")
 
 

@@ -24,11 +24,11 @@ from .execute import NotebookRun
 from .gradebook import (Course, CourseError, ensure_assignment, fingerprint, instructor_cells, is_done, record,
                         release_notebook, submission_score)
 from .sandbox import LAYERS, Limits, describe, support
-
-OPTIONAL_LAYERS = ("landlock", "mount", "pid", "network")   # what `--without` may leave out
 from .scan import scan_cells
 from .score import executed, score_cells
 from .worker import Job, Worker, WorkerDied
+
+OPTIONAL_LAYERS = ("landlock", "mount", "pid", "network")   # what `--without` may leave out
 
 
 class SandboxUnavailable(RuntimeError):
@@ -110,6 +110,15 @@ def _label(a: Assembled, index: int) -> str:
     return meta.get("grade_id") or f"#{index + 1}"
 
 
+def _name_cell(a: Assembled, flag: str) -> str:
+    """A tripwire flag with its cell named as the scan names cells (`cell 7: ...` -> `cell 'is_cat': ...`)."""
+    head, sep, rest = flag.partition(": ")
+    number = head.removeprefix("cell ")
+    if sep and number.isdigit() and int(number) < len(a.notebook.cells):
+        return f"cell '{_label(a, int(number))}': {rest}"
+    return flag
+
+
 def _job(p: _Prepared, course: Course, limits: Limits, threads: int, isolate: bool,
          without: frozenset[str]) -> Job:
     """The job for a worker: each notebook's code cells, its examined test cells apart (see `Job`)."""
@@ -132,19 +141,21 @@ def _commit(course: Course, p: _Prepared, runs: dict[str, NotebookRun] | None, f
     cells: dict = {}
     if failure:
         reasons.append(failure)
+    flags = list(p.flags)
     for name, run in (runs or {}).items():
         nb = executed(p.assembled[name].notebook, run)
         notebooks[name] = nb
         reasons.extend(run.events)
+        flags.extend(_name_cell(p.assembled[name], f) for f in run.flags)
         for c in score_cells(nb):
             cells[c.grade_id] = [c.score, c.max_score, c.reason]
     if failure or (not p.assembled and p.unreadable):
         status = "failed"
     elif not p.assembled:
         status = "missing"
-    elif p.flags:
+    elif flags:
         status = "flagged"
-        reasons.extend(f"flagged for review: {f}" for f in p.flags)
+        reasons.extend(f"flagged for review: {f}" for f in flags)
     else:
         status = "graded"
     record(course, p.assignment, p.student, notebooks, status, reasons, p.print_, cells)

@@ -1,8 +1,9 @@
 """Snapshot the grades a checkout of this project gives two corpora, to compare grading code before and after a change.
 
 The two corpora are the hostile class of tests/test_grader_grade.py (`build_class`, lesson 01_setup) and the
-example class of `course demo`. Only the checkout's public command line is run (`python -m course_utils ...`, in a
-subprocess with PYTHONPATH=<repo> and a scratch working folder), so the same script measures old and new code.
+example class of `course demo`. Only the checkout's public command line is run (`python -m grader ...`, or
+`-m course_utils` before the grader had a package of its own, in a subprocess with PYTHONPATH=<repo> and a
+scratch working folder), so the same script measures old and new code.
 Per corpus, student and lesson it keeps status, score, max_score, the export CSV's status column and every
 auto-graded cell's score (autograded/<student>/<lesson>/course-grade.json).
 
