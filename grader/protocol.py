@@ -10,12 +10,12 @@ the sizes of the byte blobs that follow), then the blobs. Every size is checked 
 before anything is read, so a hostile peer can make a frame fail, never make the reader allocate
 without limit or wait past its deadline.
 
-Encoded values: None, bool, int, float, str as themselves; everything else is an object with a
-"$" key: list, tuple, dict (keys str or int), tensor, array, image, path, module (a torch.nn
-module rebuilt from its class name, constructor arguments and state), ref (a handle). Modules are
-decoded only where `decode` is told to (the student's side, for the examiner's models): the
-examiner never builds one from what the student's process sends. Each blob backs one value at most,
-so a small frame cannot decode into many copies of its largest blob.
+Encoded values: None, bool, int, float, str as themselves; everything else is an object with a "$"
+key: list, tuple, dict (keys str or int), size (a torch.Size), tensor, array, image, path, module (a
+torch.nn module rebuilt from its class name, constructor arguments and state), ref (a handle).
+Modules are decoded only where `decode` is told to (the student's side, for the examiner's models):
+the examiner never builds one from what the student's process sends. Each blob backs one value at
+most, so a small frame cannot decode into many copies of its largest blob.
 """
 from __future__ import annotations
 
@@ -144,11 +144,13 @@ def type_name(value: Any) -> str:
 
 
 def _encode_special(value: Any, blobs: list[bytes], modules: bool) -> dict | None:
-    """Tensors, arrays, images, paths and torch.nn modules; None for anything else."""
+    """Tensors, torch.Size, arrays, images, paths and torch.nn modules; None for anything else."""
     import sys
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         return _encode_tensor(torch, value, blobs)
+    if torch is not None and type(value) is torch.Size:       # a tuple of ints: a shape is a value
+        return {"$": "size", "items": [int(n) for n in value]}
     np = sys.modules.get("numpy")
     if np is not None and type(value) is np.ndarray and str(value.dtype) in TENSOR_DTYPES:
         blobs.append(np.ascontiguousarray(value).tobytes())
@@ -265,6 +267,12 @@ def _decode(data, state: _Decoding, depth: int) -> Any:
         if text not in ("nan", "inf", "-inf"):
             raise ProtocolError("a float is malformed")
         return float(text)
+    if kind == "size":
+        items = [sub(v) for v in _field(data, "items", list)]
+        if not all(type(n) is int and -2 ** 63 <= n < 2 ** 63 for n in items):
+            raise ProtocolError("a torch.Size holds something other than 64-bit integers")
+        import torch
+        return torch.Size(items)
     if kind == "tensor":
         return _decode_tensor(data, state)
     if kind == "array":
