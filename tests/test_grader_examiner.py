@@ -372,3 +372,49 @@ def test_hidden_tests_are_not_in_the_outputs_or_the_feedback(graded):
         outputs = json.dumps([c.get("outputs", []) for c in nb.cells])
         for line in graded["lines"]:
             assert line not in outputs, (nb_path, line)
+
+
+# ----------------------------------------------------------------------------- one test source, two modes
+def _cell(source: str, grade_id: str | None = None, test: bool = False, setup: bool = False, answer: bool = False):
+    cell = nbformat.v4.new_code_cell(source)
+    if grade_id:
+        cell.metadata["nbgrader"] = {"grade_id": grade_id, "grade": test, "solution": answer, "locked": test,
+                                     "points": 1 if test else 0, "schema_version": 3}
+    if setup:
+        cell.metadata["tags"] = ["setup"]
+    return cell
+
+
+def _lesson(tmp_path: Path, *tests: str):
+    """A released notebook (setup import, an exercise, the given test cells) and its gradebook cells."""
+    from grader.gradebook import Course, InstructorCell
+    (tmp_path / "source" / "a1").mkdir(parents=True)
+    cells = [_cell("from course_utils.checks import examine, check_bool\nLIMIT = 3", setup=True),
+             _cell("def twice(x):\n    raise NotImplementedError()", "twice", answer=True),
+             _cell("y = twice(2)")]
+    cells += [_cell(source, f"test_{k}", test=True) for k, source in enumerate(tests)]
+    release = nbformat.v4.new_notebook(cells=cells)
+    instructor = {c.metadata["nbgrader"]["grade_id"]: InstructorCell(c.metadata["nbgrader"]["grade_id"], "code",
+                                                                     c.source, True)
+                  for c in cells if c.metadata.get("nbgrader", {}).get("grade")}
+    return Course.open(tmp_path), release, instructor
+
+
+def test_a_test_cell_that_works_in_one_mode_only_is_refused_naming_it(tmp_path):
+    from grader.grade import exam_setup
+    from grader.gradebook import CourseError
+    good = "with examine(globals()) as S:\n    check_bool(S.twice(2) == 4, True)\n    assert LIMIT == 3"
+    course, release, instructor = _lesson(tmp_path, good)
+    assert exam_setup(course, "a1", "a1", release, instructor) == [release.cells[0].source]
+    for k, (bad, why) in enumerate([("with examine(globals()) as S:\n    assert twice(2) == 4", "uses twice directly"),
+                                    ("with examine(globals()) as S:\n    assert y == 4", "uses y directly"),
+                                    ("assert twice(2) == 4", "does not use examine")]):
+        course, release, instructor = _lesson(tmp_path / str(k), good, bad)
+        with pytest.raises(CourseError, match=f"test cell test_1 only works in one mode: it {why}"):
+            exam_setup(course, "a1", "a1", release, instructor)
+
+
+def test_a_lesson_without_examine_is_graded_in_process(tmp_path):
+    from grader.grade import exam_setup
+    course, release, instructor = _lesson(tmp_path, "assert twice(2) == 4")
+    assert exam_setup(course, "a1", "a1", release, instructor) is None
