@@ -48,6 +48,13 @@ class Channel:
     def __init__(self, fd: int, deadline: float = float("inf")):
         self.fd, self.deadline = fd, deadline
         self.seq, self.received, self.broken, self.timed_out = 0, 0, None, False
+        self.remotes: dict[int, Remote] = {}
+
+    def remote(self, handle: int, type_name: str) -> "Remote":
+        """One Remote per handle (the notebook gives one handle per object): `is` tells the same object."""
+        if handle not in self.remotes:
+            self.remotes[handle] = Remote(self, handle, type_name)
+        return self.remotes[handle]
 
     def ask(self, request: dict, blobs: list[bytes] = ()) -> Any:
         """Send one request; return its decoded answer, or raise the student's exception or ChannelBroken."""
@@ -66,7 +73,7 @@ class Channel:
             if answer.get("seq") != self.seq:
                 raise protocol.ProtocolError("an answer came out of turn")
             if "ok" in answer and "error" not in answer:
-                return protocol.decode(answer["ok"], got, lambda h, t: Remote(self, h, t))
+                return protocol.decode(answer["ok"], got, self.remote)
             if "error" not in answer:
                 raise protocol.ProtocolError("an answer has neither a value nor an error")
             error = _student_exception(answer["error"])
@@ -160,8 +167,26 @@ class Remote:
             raise TypeError("the notebook's object did not give a list of items")
         return iter(items)
 
+    def __enter__(self) -> Any:
+        return self._ask("enter")
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """The notebook's __exit__ runs with the body's exception (by type name and message). Whether it
+        swallows it counts only for exceptions that are not a verdict: a failed check (AssertionError)
+        or a broken channel always propagates."""
+        error = None if exc is None else {"type": type(exc).__name__[:100], "message": _text(exc)}
+        swallowed = self._ask("exit", error=error) is True
+        return swallowed and isinstance(exc, Exception) and not isinstance(exc, (AssertionError, ChannelBroken))
+
     def __repr__(self) -> str:
         return f"<the notebook's {object.__getattribute__(self, '__student_type__')}>"
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)[:2000]
+    except Exception:
+        return ""
 
 
 def _shift(encoded: Any, offset: int) -> Any:

@@ -21,10 +21,15 @@ class _Handles:
 
     def __init__(self) -> None:
         self._objects: dict[int, Any] = {}
+        self._numbers: dict[int, int] = {}     # id(object) -> its handle; objects held here keep their id
 
     def issue(self, value: Any) -> int:
-        self._objects[len(self._objects) + 1] = value
-        return len(self._objects)
+        """The object's handle: one number per object, so the examiner can tell the same object again."""
+        number = self._numbers.get(id(value))
+        if number is None:
+            number = self._numbers[id(value)] = len(self._objects) + 1
+            self._objects[number] = value
+        return number
 
     def get(self, handle: Any) -> Any:
         if type(handle) is not int or handle not in self._objects:
@@ -62,6 +67,21 @@ def _message(e: BaseException) -> str:
         return "(its message could not be read)"
 
 
+def _rebuilt(error: Any) -> BaseException | None:
+    """The exception that ended the examiner's `with` body: Python's own type by name, else Exception."""
+    if type(error) is not dict:
+        return None
+    import builtins
+    name, message = str(error.get("type", ""))[:100], str(error.get("message", ""))[:2000]
+    cls = getattr(builtins, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = Exception
+    try:
+        return cls(message)
+    except Exception:
+        return Exception(message)
+
+
 def _answer(request: dict, blobs: list[bytes], namespace: dict) -> tuple[Any, list[bytes]]:
     """Carry out one request; returns the encoded result and its byte blobs."""
     import torch
@@ -93,6 +113,13 @@ def _answer(request: dict, blobs: list[bytes], namespace: dict) -> tuple[Any, li
             if len(items) > MAX_ITEMS:
                 raise ValueError(f"more than {MAX_ITEMS} items")
         result = items
+    elif op == "enter":                 # `with` on the notebook's object: its own __enter__
+        target = _handles.get(request.get("of"))
+        result = type(target).__enter__(target)
+    elif op == "exit":                  # its __exit__, with the body's exception rebuilt by name; swallowed or not
+        target = _handles.get(request.get("of"))
+        error = _rebuilt(request.get("error"))
+        result = bool(type(target).__exit__(target, None if error is None else type(error), error, None))
     elif op == "send":                  # keep the examiner's value here; answer with its handle
         value = arg(request.get("value"))
         return {"$": "ref", "id": _handles.issue(value), "type": protocol.type_name(value)}, []
