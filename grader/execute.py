@@ -324,7 +324,7 @@ def _flags(message: dict, before: list[str]) -> list[str]:
     wrote them, so they can only add to a review, never clear one: flags seen earlier are kept."""
     got = message.get("flags")
     got = [str(f)[:1000] for f in got[:tripwire.MAX_FLAGS + 1]] if type(got) is list else []
-    return before + [f for f in got if f not in before]
+    return (before + [f for f in got if f not in before])[:4 * tripwire.MAX_FLAGS]
 
 
 def _next_ready(fds: list[int], deadline: float) -> int:
