@@ -50,10 +50,10 @@ class Channel:
         self.seq, self.received, self.broken, self.timed_out = 0, 0, None, False
         self.remotes: dict[int, Remote] = {}
 
-    def remote(self, handle: int, type_name: str) -> "Remote":
+    def remote(self, handle: int, type_name: str, kinds: tuple[str, ...] = ()) -> "Remote":
         """One Remote per handle (the notebook gives one handle per object): `is` tells the same object."""
         if handle not in self.remotes:
-            self.remotes[handle] = Remote(self, handle, type_name)
+            self.remotes[handle] = Remote(self, handle, type_name, kinds)
         return self.remotes[handle]
 
     def ask(self, request: dict, blobs: list[bytes] = ()) -> Any:
@@ -121,12 +121,13 @@ class Remote:
     results come back as values, or as another Remote. Comparison is identity, on purpose: a value
     to compare is fetched by value first.
     """
-    __slots__ = ("_channel", "_handle", "__student_type__")
+    __slots__ = ("_channel", "_handle", "__student_type__", "__student_kinds__")
 
-    def __init__(self, channel: Channel, handle: int, type_name: str):
+    def __init__(self, channel: Channel, handle: int, type_name: str, kinds: tuple[str, ...] = ()):
         object.__setattr__(self, "_channel", channel)
         object.__setattr__(self, "_handle", handle)
         object.__setattr__(self, "__student_type__", type_name[:200])
+        object.__setattr__(self, "__student_kinds__", tuple(kinds))
 
     def _ask(self, op: str, **fields) -> Any:
         channel = object.__getattribute__(self, "_channel")

@@ -135,12 +135,25 @@ def encode(value: Any, blobs: list[bytes], as_handle: Callable[[Any], int] | Non
         return encoded
     if as_handle is None:
         raise TypeError(f"a {kind.__name__} cannot be sent by value")
-    return {"$": "ref", "id": as_handle(value), "type": type_name(value)}
+    return ref(as_handle(value), value)
+
+
+def ref(handle: int, value: Any) -> dict:
+    """A handle to `value`, with its class's name and the names along its MRO (for type checks)."""
+    return {"$": "ref", "id": handle, "type": type_name(value), "kinds": class_names(value)}
 
 
 def type_name(value: Any) -> str:
     """The name of a value's class, as a bounded string (for messages only)."""
     return str(getattr(type(value), "__qualname__", "object"))[:200]
+
+
+MAX_KINDS = 64
+
+
+def class_names(value: Any) -> list[str]:
+    """The names of the classes along `value`'s MRO, bounded (what `checks.is_a` asks of a handle)."""
+    return [str(getattr(c, "__name__", "?"))[:100] for c in type(value).__mro__[:MAX_KINDS]]
 
 
 def _encode_special(value: Any, blobs: list[bytes], modules: bool) -> dict | None:
@@ -215,7 +228,7 @@ MAX_DIMENSION = 1 << 40             # a shape's dimensions, zeros aside, multipl
 class _Decoding:
     """One call of `decode`: what it may hold, and what it has used so far."""
     blobs: list[bytes]
-    from_handle: Callable[[int, str], Any] | None
+    from_handle: Callable[[int, str, tuple[str, ...]], Any] | None
     bounds: Bounds
     modules: bool
     items: int = 0
@@ -227,7 +240,7 @@ class _Decoding:
             raise ProtocolError("a value is nested too deep or has too many items")
 
 
-def decode(data: Any, blobs: list[bytes], from_handle: Callable[[int, str], Any] | None = None,
+def decode(data: Any, blobs: list[bytes], from_handle: Callable[[int, str, tuple[str, ...]], Any] | None = None,
            bounds: Bounds = DEFAULT_BOUNDS, modules: bool = False) -> Any:
     """The value `encode` described, checked strictly: an unknown kind or bad size is a ProtocolError.
 
@@ -288,8 +301,16 @@ def _decode(data, state: _Decoding, depth: int) -> Any:
         if state.from_handle is None:
             raise ProtocolError("a handle where only values are allowed")
         handle, type_name = _field(data, "id", int), data.get("type", "object")
-        return state.from_handle(handle, type_name[:200] if type(type_name) is str else "object")
+        return state.from_handle(handle, type_name[:200] if type(type_name) is str else "object", _kinds(data))
     raise ProtocolError(f"a value of an unknown kind {kind[:40]!r}")
+
+
+def _kinds(data: dict) -> tuple[str, ...]:
+    """A handle's class names, or a ProtocolError if they are not a short list of short strings."""
+    kinds = data.get("kinds", [])
+    if type(kinds) is not list or len(kinds) > MAX_KINDS or any(type(k) is not str or len(k) > 100 for k in kinds):
+        raise ProtocolError("a handle's class names are not a short list of names")
+    return tuple(kinds)
 
 
 def _bounded_str(text: str, bounds: Bounds) -> str:

@@ -86,7 +86,7 @@ def _answer(request: dict, blobs: list[bytes], namespace: dict) -> tuple[Any, li
     """Carry out one request; returns the encoded result and its byte blobs."""
     import torch
     op = request.get("op")
-    arg = lambda v: protocol.decode(v, blobs, lambda h, _t: _handles.get(h), modules=True)  # noqa: E731
+    arg = lambda v: protocol.decode(v, blobs, lambda h, _t, _k: _handles.get(h), modules=True)  # noqa: E731
     if op == "get":
         name = request.get("name")
         if type(name) is not str or name not in namespace:
@@ -122,7 +122,7 @@ def _answer(request: dict, blobs: list[bytes], namespace: dict) -> tuple[Any, li
         result = bool(type(target).__exit__(target, None if error is None else type(error), error, None))
     elif op == "send":                  # keep the examiner's value here; answer with its handle
         value = arg(request.get("value"))
-        return {"$": "ref", "id": _handles.issue(value), "type": protocol.type_name(value)}, []
+        return protocol.ref(_handles.issue(value), value), []
     else:
         raise ValueError(f"unknown request {str(op)[:40]!r}")
     blobs_out: list[bytes] = []

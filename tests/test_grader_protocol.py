@@ -34,6 +34,7 @@ from torch import nn
 
 from course_utils.checks import check_bool, check_tensor
 from grader import examiner, protocol, student_side
+from course_utils.checks import is_a
 from grader.examiner import Channel, ChannelBroken, Remote, Student, StudentError
 from grader.protocol import ProtocolError
 
@@ -181,7 +182,7 @@ def test_arrays_that_cannot_travel_by_value():
     for value in (np.arange(3, dtype=">f4"), np.array(["a"]), np.array([None]), np.zeros(2, dtype=np.complex64)):
         with pytest.raises(TypeError):
             protocol.encode(value, [])
-        assert protocol.encode(value, [], lambda v: 7) == {"$": "ref", "id": 7, "type": "ndarray"}
+        assert protocol.encode(value, [], lambda v: 7) == {"$": "ref", "id": 7, "type": "ndarray", "kinds": ["ndarray", "object"]}
 
 
 @pytest.mark.parametrize("mode", protocol.IMAGE_MODES)
@@ -204,8 +205,9 @@ def test_paths_and_handles_round_trip():
         objects[len(objects) + 1] = value
         return len(objects)
     things = [len, object(), Image.new("P", (2, 2))]
-    got = roundtrip({"things": things}, as_handle=as_handle, from_handle=lambda h, t: handed.append((h, t)) or h)
-    assert got == {"things": [1, 2, 3]} and handed == [(1, "builtin_function_or_method"), (2, "object"), (3, "Image")]
+    got = roundtrip({"things": things}, as_handle=as_handle, from_handle=lambda h, t, k: handed.append((h, t, k)) or h)
+    assert got == {"things": [1, 2, 3]} and handed == [(1, "builtin_function_or_method", ("builtin_function_or_method", "object")),
+                                                       (2, "object", ("object",)), (3, "Image", ("Image", "object"))]
     assert [objects[h] for h in got["things"]] == things
     with pytest.raises(TypeError, match="function"):
         protocol.encode(lambda: 0, [])
@@ -250,7 +252,8 @@ def test_models_that_are_not_plain_torch_nn_do_not_travel_by_value():
     for model in (Net(2, 2), nn.Sequential(nn.ReLU(), Net(2, 2)), nn.Linear(2, 2)):
         blobs: list[bytes] = []
         if type(model) is nn.Linear:
-            assert protocol.encode(model, blobs, lambda v: 5) == {"$": "ref", "id": 5, "type": "Linear"}  # no `modules`
+            assert protocol.encode(model, blobs, lambda v: 5) == \
+                {"$": "ref", "id": 5, "type": "Linear", "kinds": ["Linear", "Module", "object"]}  # no `modules`
             continue
         with pytest.raises(TypeError):
             protocol.encode(model, blobs, modules=True)
@@ -412,6 +415,13 @@ def test_malformed_or_unknown_values_are_refused(value):
         protocol.decode(value, [b"\x00" * 12])
     with pytest.raises(ProtocolError):                       # whatever they are nested in
         protocol.decode({"$": "list", "items": [1, {"$": "dict", "items": [["k", value]]}]}, [b"\x00" * 12])
+
+
+@pytest.mark.parametrize("kinds", ["Module", ["Module", 3], ["x" * 101], ["Module"] * 65, {"$": "list", "items": []}])
+def test_a_handles_class_names_are_a_short_list_of_names(kinds):
+    with pytest.raises(ProtocolError, match="class names"):
+        protocol.decode({"$": "ref", "id": 1, "type": "Linear", "kinds": kinds}, [], lambda h, t, k: h)
+    assert protocol.decode({"$": "ref", "id": 1, "type": "Linear", "kinds": ["Linear"] * 64}, [], lambda h, t, k: k) == ("Linear",) * 64
 
 
 def test_items_and_strings_are_bounded():
@@ -841,6 +851,8 @@ def test_the_student_side_answers_by_value_and_keeps_the_rest():
         assert same_tensor(torch.arange(4.0) * 2, S.double(torch.arange(4.0)))
         remote = S.net                                           # a model of the notebook stays there
         assert type(remote) is Remote and repr(remote) == "<the notebook's Linear>"
+        assert remote is S.net and is_a(remote, "Module") and is_a(remote, "Linear") and not is_a(remote, "Conv2d")
+        assert is_a(net, "Module") and not is_a(S.items, "Module")     # the same question in-process
         assert same_tensor(net.weight, remote.weight) and list(S.items) == [0, 1, 2] and len(S.items) == 3
         model = _model().eval()
         theirs_model = S.send(model)                              # the examiner's model goes over by value
