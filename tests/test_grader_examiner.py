@@ -2,8 +2,9 @@
 
 One scratch course (lesson 01_setup: is_cat 1 point, cat_index 1, as_batch 2, prob_cat 2) receives
 one submission per forgery, each written by someone who has read grader/ (the runner, the protocol,
-the student's end of the channel). A single `course grade` run grades them all, sandboxed; each
-case states the per-cell scores its real answers earn, and must get exactly those. Plain
+the student's end of the channel). One `course grade` run grades them all, sandboxed, as root and
+again as a normal user (the sandbox is built differently); each case states the per-cell scores its
+real answers earn, and must get exactly those in both. Plain
 `nbgrader autograde`, which runs the tests in the student's process, is shown giving several of
 them full marks, so the cases are real attacks and not just broken notebooks.
 
@@ -286,30 +287,43 @@ MEMORY_CONTROL = "start, files, read_bytes, found = time.monotonic(), 0, 0, {}"
 
 
 # ----------------------------------------------------------------------------- one graded class
-def run_course(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+def run_course(*args: str, timeout: float = 1800, user=None) -> subprocess.CompletedProcess:
+    """`python -m grader ARGS`, as `user` (a NormalUser) if given, in that user's home."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    run_as = {}
+    if user is not None:
+        env["HOME"] = str(user.home)
+        run_as = {"cwd": str(user.home), **user.popen_args()}
     return subprocess.run([sys.executable, "-m", "grader", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, **run_as)
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory, learn):
-    base = tmp_path_factory.mktemp("examiner")
+@pytest.fixture(scope="module", params=["root", "user"])
+def graded(request, tmp_path_factory, learn, normal_user):
+    """The class graded by an instructor who is root (the sandbox switches to a uid of its own), and
+    by one who is a normal user (user namespaces): the sandbox differs, the scores must not."""
+    mode = request.param
+    if mode == "root" and os.geteuid() != 0:
+        pytest.skip("root mode needs root (run the suite as root to test both modes)")
+    user = normal_user if mode == "user" else None
+    base = tmp_path_factory.mktemp(f"examiner-{mode}")
     os.chmod(base, 0o755)
     course = classroom.new_course(base / "course", [LESSON])
     for student, (kind, attack, _) in CASES.items():
         classroom.hand_in(course, student, LESSON, notebook(kind, attack))
     lines = hidden_lines()
     classroom.hand_in(course, "y_searcher", LESSON, searcher(lines, [FILE_CONTROL, MEMORY_CONTROL]))
+    if user:
+        user.own(course)
     # the searcher reads every file it can: give its cell time (the limits are not what is tested here)
     done = run_course("grade", LESSON, "--course", str(course), "--workers", "2", "--quiet",
-                      "--cell-timeout", "900", "--timeout", "3600")
+                      "--cell-timeout", "900", "--timeout", "3600", user=user)
     assert done.returncode == 0, done.stderr[-3000:]
     scores = {student: {g: s for g, (s, _) in cells.items()}
               for (student, _), cells in classroom.scores(course).items()}
-    pages = run_course("feedback", LESSON, "--course", str(course))
+    pages = run_course("feedback", LESSON, "--course", str(course), user=user)
     assert pages.returncode == 0, pages.stderr[-3000:]
-    return {"course": course, "scores": scores, "stdout": done.stdout, "lines": lines}
+    return {"mode": mode, "course": course, "scores": scores, "stdout": done.stdout, "lines": lines}
 
 
 @pytest.mark.parametrize("student", sorted(CASES))
@@ -328,6 +342,8 @@ IN_PROCESS_FOOLED = ("patched_runner", "patch_everything")
 
 def test_the_forgeries_are_real_attacks_on_in_process_grading(graded, tmp_path):
     """Plain nbgrader, which runs the tests in the student's process, gives two of them full marks."""
+    if graded["mode"] == "user":
+        pytest.skip("plain nbgrader runs no sandbox: the same in both modes, shown once")
     course = tmp_path / "course"
     shutil.copytree(graded["course"], course, ignore=shutil.ignore_patterns("autograded", "feedback"))
     for student in IN_PROCESS_FOOLED:
