@@ -87,8 +87,10 @@ def is_a(value: Any, class_name: str) -> bool:
     """Whether `value` is an instance of a class called `class_name` (`"Module"`, `"Hook"`), in both modes.
 
     Asked by name along the class's MRO, so it holds for an object that stays in the student's process
-    too: there the names come with its handle, checked by the grader, not by the notebook's code."""
-    if not isinstance(class_name, str):
+    too: there the names come with its handle, from the grader's end of the channel rather than from a
+    function the notebook could redefine (that process can still lie about its own answers, as about
+    any value it returns)."""
+    if not _isinstance(class_name, str):
         raise TypeError("is_a() takes a class name, e.g. is_a(layer, 'Module')")
     if "__student_kinds__" in getattr(_type(value), "__slots__", ()):
         return class_name in value.__student_kinds__
