@@ -8,8 +8,11 @@ imports once), `examiner` (the process that runs the test cells and decides ever
 `protocol` and `student_side` (the by-value channel to the student's process and its end of it),
 `tripwire` (an audit hook in the student's process: flags for review), `score` (nbgrader's rule,
 with reasons), `gradebook` (nbgrader's gradebook and course folder), `grade` (the whole run) —,
-`feedback` (pages that explain), `overview` (grades of every
-lesson, status), `workflow` (all of it on the example class) and `cli`.
+`reference` (answers taken from course_utils: flags for review),
+`feedback` (pages that explain), `overview` (grades of every lesson, status), the term — `review`
+(a person's decisions on flagged work), `late` (due dates and the late policy of `course.toml`),
+`final` (the grade that leaves: reviewed, then late), `similarity` (alike solutions, copydetect),
+`lms` (Canvas and Moodle files) —, `workflow` (all of it on the example class) and `cli`.
 """
 from .collect import Collected, collect
 from .feedback import feedback

@@ -80,7 +80,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="every assignment in the course's source folder")
     _course_option(p)
     p.add_argument("--workers", type=int, default=None, help="parallel sandboxed workers (default: CPU cores)")
-    p.add_argument("--force", action="store_true", help="regrade submissions that are already graded")
+    p.add_argument("--force", action="store_true",
+                   help="regrade every submission (without it, only new and stale ones: changed submission, "
+                        "re-released tests, grader version or limits)")
+    p.add_argument("--student", action="append", default=None, metavar="ID",
+                   help="grade only this student (repeatable), whatever their result says")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler instead of local workers")
     p.add_argument("--no-sandbox", action="store_true",
                    help="run student code unconfined (only where isolation is impossible and you trust the code)")
@@ -101,7 +105,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="every lesson in the gradebook (the default without ASSIGNMENT)")
     _course_option(p)
     p.add_argument("--to", type=Path, required=True, metavar="FILE.csv", help="where to write the CSV")
+    p.add_argument("--include-unreviewed", action="store_true",
+                   help="also export flagged scores nobody has reviewed (marked as unreviewed); "
+                        "without it they are left out and listed")
+    _lms_options(p)
     p.set_defaults(run=_export)
+    p = sub.add_parser("review", help="decide on flagged, failed and partly graded work: accept, set or zero a score",
+                       description="Lists the lesson's flagged, failed, partly and manually graded submissions with "
+                                   "their reasons and evidence, waiting ones first. With --student and one of "
+                                   "--accept/--set/--zero, records a decision (kept in the gradebook with its time). "
+                                   "At a terminal without a decision flag, asks about each waiting one in turn.")
+    p.add_argument("lesson", metavar="LESSON", help="assignment name, e.g. 05_gradcam")
+    p.add_argument("--student", metavar="ID", help="the submission to decide on (or to show)")
+    decision = p.add_mutually_exclusive_group()
+    decision.add_argument("--accept", action="store_true", help="keep the computed score")
+    decision.add_argument("--set", type=float, metavar="SCORE", help="give this score instead")
+    decision.add_argument("--zero", action="store_true", help="give 0")
+    p.add_argument("--note", default="", help="why (kept with the decision, shown on the review list)")
+    p.add_argument("--list", action="store_true", help="only list, never ask (the default when not at a terminal)")
+    p.add_argument("--json", action="store_true", help="list as JSON")
+    _course_option(p)
+    p.set_defaults(run=_review)
     p = sub.add_parser("release", help="generate the student notebooks and the gradebook entries from the sources",
                        description="nbgrader generate_assignment for each lesson: solutions become stubs, hidden "
                                    "tests are removed, outputs cleared; the gradebook records cells and points.")
@@ -129,6 +153,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replace", action="store_true", help="use these files even where an already placed one is newer")
     _course_option(p)
     p.set_defaults(run=_collect)
+    p = sub.add_parser("similarity", help="pairs of students whose solution code is unusually alike (for review)",
+                       description="Compares each student's solution code for LESSON (answer cells and added code "
+                                   "cells; the released template matches nothing) with every other student's and "
+                                   "with course_utils, the reference answers and --known files, using copydetect's "
+                                   "winnowing fingerprints. Prints the pairs at or above the threshold and writes "
+                                   "similarity/LESSON.html. Changes no grade.")
+    p.add_argument("lesson", metavar="LESSON", help="assignment name, e.g. 05_gradcam")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="list pairs where this share of one side's own code is found in the other "
+                        "(default 0.6: honest answers to short exercises share up to about half)")
+    p.add_argument("--known", nargs="+", action="extend", default=[], type=Path, metavar="PATH",
+                   help="more known sources to compare with (.py or .ipynb, e.g. the book's chapter notebook)")
+    _course_option(p)
+    p.set_defaults(run=_similarity)
 
 
 def _course_option(p: argparse.ArgumentParser) -> None:
@@ -162,7 +200,8 @@ def _grade(args: argparse.Namespace) -> int:
         assignments = _assignments(args)
         report = grade(assignments, args.course, workers=args.workers, force=args.force,
                        scheduler=args.scheduler, isolate=not args.no_sandbox, limits=limits,
-                       progress=not args.quiet, log=lambda m: print(m, file=sys.stderr), without=args.without)
+                       progress=not args.quiet, log=lambda m: print(m, file=sys.stderr), without=args.without,
+                       students=args.student)
     except SandboxUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_SANDBOX
@@ -183,7 +222,7 @@ def _assignments(args: argparse.Namespace) -> list[str]:
 
 def _summary(report) -> str:
     lines = [f"{len(report.results)} submissions graded now, {len(report.skipped)} already graded "
-             f"(unchanged), in {report.seconds:.1f} s"]
+             f"(unchanged: submission, tests, grader and limits), in {report.seconds:.1f} s"]
     for r in sorted(report.results, key=lambda r: (r.assignment, r.student_id)):
         lines.append(f"  {r.assignment:<20} {r.student_id:<20} {r.score:g}/{r.max_score:g}  {r.status}"
                      + (f"  ({'; '.join(r.reasons)})" if r.reasons else ""))
@@ -195,15 +234,114 @@ def _export(args: argparse.Namespace) -> int:
     from .overview import grade_rows, note_export, write_csv
     if args.all and args.assignment:
         raise ValueError("pass either ASSIGNMENT or --all, not both")
+    if args.canvas or args.moodle or args.moodle_feedback or args.moodle_id:
+        return _export_for_lms(args)
     course = Course.open(args.course)
     if args.assignment:
-        columns, rows, lessons = list(EXPORT_COLUMNS), export_rows(course, args.assignment), [args.assignment]
+        columns = list(EXPORT_COLUMNS)
+        rows, lessons = export_rows(course, args.assignment, args.include_unreviewed), [args.assignment]
     else:
-        columns, rows = grade_rows(course)
-        lessons = columns[4:-1]
+        columns, rows = grade_rows(course, include_unreviewed=args.include_unreviewed)
+        lessons = columns[4:columns.index("total")]
     write_csv(args.to, columns, rows)
     note_export(course, lessons, args.to)
     print(f"wrote {len(rows)} rows to {args.to}")
+    _print_held_back(course, lessons, args.include_unreviewed)
+    return 0
+
+
+def _lms_options(p: argparse.ArgumentParser) -> None:
+    """`course export`'s LMS formats (grader/lms.py): at most one of them."""
+    lms = p.add_mutually_exclusive_group()
+    lms.add_argument("--canvas", type=Path, metavar="GRADEBOOK.csv",
+                     help="fill the lesson columns of this Canvas gradebook export (Grades > Export); --to is the "
+                          "file to import, every other cell as downloaded")
+    lms.add_argument("--moodle", action="store_true",
+                     help="a CSV for Moodle's Import grades > CSV file: an identifier column, one column per lesson")
+    lms.add_argument("--moodle-feedback", type=Path, metavar="WORKSHEET.csv",
+                     help="zip ASSIGNMENT's feedback pages for Moodle's 'Upload multiple feedback files in a zip', "
+                          "participants taken from the assignment's downloaded grading worksheet")
+    p.add_argument("--moodle-id", choices=("email", "idnumber", "username"),
+                   help="with --moodle: the Moodle user field of the identifier column (default email; "
+                        "idnumber and username take our student id)")
+
+
+def _export_for_lms(args: argparse.Namespace) -> int:
+    from .gradebook import Course
+    from .lms import export_for_lms
+    if args.moodle_id and not args.moodle:
+        raise ValueError("--moodle-id goes with --moodle: `course export --moodle --moodle-id idnumber --to grades.csv`")
+    if args.include_unreviewed:
+        raise ValueError("--include-unreviewed is for our own CSV: an LMS file holds reviewed grades only "
+                         "(review the flagged work with `course review LESSON` first)")
+    course = Course.open(args.course)
+    report = export_for_lms(course, args.to, lesson=args.assignment, canvas=args.canvas,
+                            moodle=args.moodle, moodle_id=args.moodle_id or "email",
+                            moodle_feedback=args.moodle_feedback)
+    print("\n".join(report.lines()))
+    _print_held_back(course, [args.assignment] if args.assignment else None, False)
+    return 0
+
+
+def _print_held_back(course, lessons: list[str], included: bool) -> None:
+    """List what an export left out or should be read with: unreviewed, not graded, stale."""
+    from .overview import held_back
+    found = held_back(course, lessons)
+    if found:
+        print("\nread with care" + (" (unreviewed flagged scores included, marked):" if included else
+                                      " (flagged scores nobody reviewed are left out):"))
+        for lesson, sid, why in found:
+            print(f"  {lesson:<20} {sid:<16} {why}")
+
+
+def _review(args: argparse.Namespace) -> int:
+    from . import review
+    action = "accept" if args.accept else "zero" if args.zero else "set" if args.set is not None else None
+    if action:
+        if not args.student:
+            raise ValueError("name the submission to decide on: --student ID")
+        made = review.decide(args.course, args.lesson, args.student, action, args.set, args.note)
+        print(f"{args.student} {args.lesson}: {made.describe()}")
+        return 0
+    items = review.queue(args.course, args.lesson, everything=True)
+    if args.student:
+        items = [i for i in items if i.outcome.student_id == args.student]
+    if args.json:
+        print(review.to_json(items))
+        return 0
+    if not args.list and sys.stdin.isatty() and any(i.waiting for i in items):
+        return _review_at_terminal(args, [i for i in items if i.waiting])
+    print("\n\n".join(review.item_text(i) for i in items) if items else f"nothing to review in {args.lesson}")
+    waiting = sum(i.waiting for i in items)
+    print(f"\n{waiting} waiting for a decision" + (f": decide with `course review {args.lesson} --student ID "
+                                                   "--accept | --set SCORE | --zero [--note TEXT]`" if waiting else ""))
+    return 0
+
+
+def _review_at_terminal(args: argparse.Namespace, items: list) -> int:
+    """A plain prompt per waiting submission: accept, set, zero, skip or quit."""
+    from . import review
+    for item in items:
+        print("\n" + review.item_text(item))
+        while True:
+            answer = input("[a]ccept, [s]et SCORE, [z]ero, s[k]ip, [q]uit > ").strip().split(maxsplit=1)
+            key, rest = (answer[0].lower(), answer[1] if len(answer) > 1 else "") if answer else ("", "")
+            if key in ("k", "skip", ""):
+                break
+            if key in ("q", "quit"):
+                return 0
+            try:
+                score = float(rest) if key in ("s", "set") else None
+                action = {"a": "accept", "s": "set", "z": "zero"}.get(key[:1])
+                if action is None or (action == "set" and score is None):
+                    raise ValueError("type a, s SCORE, z, k or q")
+                note = input("note (optional) > ").strip()
+                made = review.decide(args.course, args.lesson, item.outcome.student_id, action, score, note)
+            except ValueError as e:
+                print(f"  {e}")
+                continue
+            print(f"  {made.describe()}")
+            break
     return 0
 
 
@@ -230,6 +368,14 @@ def _feedback(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .overview import status, status_table
     print(status_table(status(args.course)))
+    return 0
+
+def _similarity(args: argparse.Namespace) -> int:
+    from .similarity import DEFAULT_THRESHOLD, similarity
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    report = similarity(args.lesson, args.course, threshold=threshold, known=args.known)
+    print(report.table())
+    print(f"report: {report.html_path}")
     return 0
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import io
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from typing import Callable, Iterator
 
 from .assemble import normalise_name
 from .gradebook import Course, CourseError, check_lesson
+from .late import HANDIN_FILE      # beside timestamp.txt: the hand-in time, where it came from, the file
 from .roster import Roster, check_id, id_from_name
 
 MAX_FILE_BYTES = 64 << 20          # one notebook (or nested zip) read from an archive
@@ -36,6 +38,7 @@ TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f %Z"   # nbgrader's (ExchangeSubmit.time
 REPLACED = "replaced"
 _CANVAS = re.compile(r"^(?P<name>[A-Za-z0-9]+?)(?:_LATE)?_(?P<uid>\d+)_(?P<sub>\d+)_(?P<rest>.+)$")
 _MOODLE = re.compile(r"^(?P<name>.+?)_(?P<uid>\d+)_assignsubmission_[a-z]+_(?P<rest>.*)$")
+_CANVAS_LATE = re.compile(r"^[A-Za-z0-9]+?_LATE_\d+_\d+_")       # Canvas marks a late file in its name
 _CANVAS_COPY = re.compile(r"-(\d+)\.ipynb$", re.I)
 _SYSTEM = ("__MACOSX", ".DS_Store", ".ipynb_checkpoints", "Thumbs.db", "desktop.ini")
 
@@ -88,6 +91,7 @@ class _Entry:
     when: datetime.datetime
     read: Callable[[], bytes]
     wrapper: int = 0                   # leading folders shared by every entry (names of last resort)
+    source: str = "the file's modification time"     # where `when` comes from (recorded for late work)
 
 
 class _Budget:
@@ -167,7 +171,8 @@ def _scan_zip(data: bytes | Path, origin: str, prefix: tuple[str, ...], depth: i
             stem = parts[-1][:-4]
             entries.extend(_scan_zip(inner, where, prefix + parts[:-1] + (stem,), depth + 1, budget, out))
             continue
-        entries.append(_Entry(where, prefix + parts, when, lambda zf=zf, info=info: budget.read(zf, info)))
+        entries.append(_Entry(where, prefix + parts, when, lambda zf=zf, info=info: budget.read(zf, info),
+                              source="the time stored in the zip (the LMS download's)"))
     yield from _wrapped(entries) if not prefix else entries
 
 
@@ -357,5 +362,8 @@ def _place(course: Course, lesson: str, sid: str, notebook: str, entry: _Entry, 
     tmp.mkdir(parents=True)
     (tmp / target.name).write_bytes(data)
     (tmp / "timestamp.txt").write_text(entry.when.strftime(TIMESTAMP_FORMAT))
+    (tmp / HANDIN_FILE).write_text(json.dumps({
+        "time": entry.when.isoformat(), "source": entry.source, "file": entry.origin,
+        "lms_late_mark": bool(_CANVAS_LATE.search(entry.parts[-1]))}, indent=1))
     os.replace(tmp, folder)
     report.placed.append(Placed(sid, entry.origin, target, entry.when, note))

@@ -49,6 +49,7 @@ class Channel:
         self.fd, self.deadline = fd, deadline
         self.seq, self.received, self.broken, self.timed_out = 0, 0, None, False
         self.remotes: dict[int, Remote] = {}
+        self.watch: Any = None          # a reference.Watch: notes answers that are the course's own (a tripwire)
 
     def remote(self, handle: int, type_name: str, kinds: tuple[str, ...] = ()) -> "Remote":
         """One Remote per handle (the notebook gives one handle per object): `is` tells the same object."""
@@ -73,7 +74,10 @@ class Channel:
             if answer.get("seq") != self.seq:
                 raise protocol.ProtocolError("an answer came out of turn")
             if "ok" in answer and "error" not in answer:
-                return protocol.decode(answer["ok"], got, self.remote)
+                value = protocol.decode(answer["ok"], got, self.remote)
+                if self.watch is not None:
+                    self.watch.received(request, answer["ok"])
+                return value
             if "error" not in answer:
                 raise protocol.ProtocolError("an answer has neither a value nor an error")
             error = _student_exception(answer["error"])
@@ -277,13 +281,16 @@ def setup_namespace(sources: list[str]) -> dict:
 
 
 def examine_run(exam_fd: int, report_fd: int, tests: list[tuple[int, str, str]], skipped: set[int],
-                setup: list[str], cell_seconds: float, send: Callable[[int, dict], None]) -> None:
-    """In a fresh child of the examiner: run the test cells as the notebook's process reaches them."""
+                setup: list[str], cell_seconds: float, send: Callable[[int, dict], None], lesson: str = "") -> None:
+    """In a fresh child of the examiner: run the test cells as the notebook's process reaches them.
+    Each report of a test carries the flags `reference.Watch` noted during it (answers that are the course's)."""
     from course_utils import checks
+    from .reference import Watch
     import torch
     torch.set_num_threads(1)
     namespace = dict(setup_namespace(setup))
     channel = Channel(exam_fd)
+    channel.watch = Watch(lesson)
     checks.use_examiner(Student(channel))
     for index, label, source in tests:
         if index in skipped:
@@ -307,7 +314,8 @@ def examine_run(exam_fd: int, report_fd: int, tests: list[tuple[int, str, str]],
         if channel.timed_out:
             send(report_fd, {"timeout": index})
             return
-        send(report_fd, {"done": index, "outputs": outputs, "seconds": time.monotonic() - start})
+        send(report_fd, {"done": index, "outputs": outputs, "seconds": time.monotonic() - start,
+                         "flags": [f"cell {index}: {flag}" for flag in channel.watch.take()]})
         if channel.broken is None:
             try:
                 protocol.write_frame(exam_fd, {"op": "end"})
@@ -460,7 +468,7 @@ def _serve(control: socket.socket, jobs_fd: int) -> int:
                         control.close()
                         _die_with_parent()
                         examine_run(fds[0], fds[1], cells, set(request["skipped"]), job["setup"].get(name, []),
-                                    float(request["cell_seconds"]), send)
+                                    float(request["cell_seconds"]), send, lesson=name)
                         code = 0
                     finally:
                         os._exit(code)

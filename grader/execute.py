@@ -258,8 +258,7 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
                 running = now[fd] = index
             elif "done" in message and message["done"] == running and allowed(running):
                 now[fd] = None
-                if not from_examiner:
-                    run.flags = _flags(message, run.flags)
+                run.flags = _flags(message, run.flags)     # the examiner's: answers that are the course's own
                 run.outputs[running] = list(message.get("outputs") or [])
                 run.seconds[running] = float(message.get("seconds", 0.0))
                 if _ran_out_of_memory(run.outputs[running]):

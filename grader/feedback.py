@@ -23,6 +23,7 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
+from .final import final_grades
 from .gradebook import NOT_GRADED, Course, CourseError, Outcome, check_lesson, outcome, require_gradebook
 
 HIDDEN = re.compile(r"^[ \t]*#+[ \t]*BEGIN HIDDEN TESTS.*?(?:^[ \t]*#+[ \t]*END HIDDEN TESTS[^\n]*$|\Z)", re.M | re.S)
@@ -254,7 +255,9 @@ def _student_page(course: Course, lesson: str, student: str, names: list[str]) -
     """
     o = outcome(course, lesson, student)
     result = o.result                      # None unless the result file is the current grade
-    notes = _notes(o)
+    final = final_grades(course, lesson, [o])[student]
+    notes = _notes(o) + [n for n in final.notes if not n.startswith("flagged and not reviewed")]
+    shown = final.score if final.score is not None else o.score
     max_score = o.max_score if o.max_score is not None else sum(c.max_score for n in names
                                                                 for c in _max_scores(course, lesson, n))
     out = course.root / "feedback" / student / lesson
@@ -273,7 +276,7 @@ def _student_page(course: Course, lesson: str, student: str, names: list[str]) -
             exercises = [dataclasses.replace(c, reason=why, score=None if unscored else c.score)
                          for c in _max_scores(course, lesson, name)]
             body = None
-        page = Page(student, lesson, out / f"{name}.html", o.status, o.score or 0.0, max_score, tuple(exercises),
+        page = Page(student, lesson, out / f"{name}.html", o.status, shown or 0.0, max_score, tuple(exercises),
                     tuple(notes))
         page.path.write_text(_page_html(page, body), encoding="utf-8")
     return page

@@ -21,9 +21,11 @@ from . import layout
 from .assemble import Assembled, UnreadableNotebook, assemble, find_notebooks, read_submission
 from .examiner import SETUP_TAG, names_bound, one_mode_only, uses_examiner
 from .execute import NotebookRun
-from .gradebook import (Course, CourseError, ensure_assignment, fingerprint, instructor_cells, is_done, record,
+from .gradebook import (Course, CourseError, ensure_assignment, fingerprint, instructor_cells, is_done, key_parts,
+                        limits_fingerprint, result_key, fingerprint_of_tests, record,
                         release_notebook, submission_score)
 from .sandbox import LAYERS, Limits, describe, support
+from .reference import reference_flags
 from .scan import scan_cells
 from .score import executed, score_cells
 from .worker import Job, Worker, WorkerDied
@@ -74,13 +76,14 @@ class _Prepared:
     flags: list[str]
     unreadable: list[str]
     setups: dict[str, list[str] | None] = dataclasses.field(default_factory=dict)   # None: tests run in-process
+    parts: dict[str, str] = dataclasses.field(default_factory=dict)   # what the result's fingerprint covers
 
 
 def _prepare(course: Course, assignment: str, student: str, folder: Path, names: list[str],
-             releases: dict, instructors: dict) -> _Prepared:
+             releases: dict, instructors: dict, parts: dict[str, str]) -> _Prepared:
     """Read, match and re-assemble one submission's notebooks, and scan the student's code."""
     found, notes = find_notebooks(folder, names) if folder.is_dir() else ({}, [])
-    prepared = _Prepared(assignment, names, student, fingerprint(folder), {}, list(notes), [], [])
+    prepared = _Prepared(assignment, names, student, result_key(parts), {}, list(notes), [], [], parts=parts)
     for name in names:
         if name not in found:
             prepared.reasons.append(f"no notebook {name}.ipynb was handed in")
@@ -94,7 +97,7 @@ def _prepare(course: Course, assignment: str, student: str, folder: Path, names:
         try:
             a = assemble(nb, releases[name], instructors[name])
             cells = {_label(a, i): a.notebook.cells[i].source for i in a.student_cells}
-            flags = scan_cells(cells)
+            flags = scan_cells(cells) + reference_flags(assignment, a)   # answers that are course_utils's
         except Exception as e:          # a notebook nbformat reads but nothing else can: this student only
             prepared.unreadable.append(name)
             prepared.reasons.append(f"{found[name].name} could not be matched to the lesson ({type(e).__name__}: {e})")
@@ -158,7 +161,7 @@ def _commit(course: Course, p: _Prepared, runs: dict[str, NotebookRun] | None, f
         reasons.extend(f"flagged for review: {f}" for f in flags)
     else:
         status = "graded"
-    record(course, p.assignment, p.student, notebooks, status, reasons, p.print_, cells)
+    record(course, p.assignment, p.student, notebooks, status, reasons, p.print_, cells, p.parts)
     score, max_score = submission_score(course, p.assignment, p.student)
     return Result(p.assignment, p.student, status, score, max_score, tuple(reasons))
 
@@ -189,9 +192,12 @@ def ensure_default_model(log: Callable[[str], None] = print) -> None:
 def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".", *,
           workers: int | None = None, force: bool = False, scheduler: str | None = None, isolate: bool = True,
           limits: Limits = Limits(), progress: bool = True, log: Callable[[str], None] = print,
-          without: Sequence[str] = ()) -> Report:
+          without: Sequence[str] = (), students: Sequence[str] | None = None) -> Report:
     """Grade every submission of one or more assignments in `course_dir`; see the module docstring.
 
+    A submission is graded again when its result is stale: the submission, the lesson's released
+    tests, the grader's version or the limits changed since (one fingerprint covers all four), or
+    with `force`; `students` grades only those students, whatever their results say.
     Several assignments share one pool of workers, so the imports are paid once per worker per run.
     The sandbox's layers are printed once (through `log`); a layer this machine cannot give stops the
     run with SandboxUnavailable unless it is named in `without` (`course grade --without LAYER`).
@@ -222,7 +228,8 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
     start = time.monotonic()
     course = Course.open(course_dir)
     report = Report(assignments)
-    todo = [p for a in assignments for p in _todo(course, a, force, report)]
+    only = None if students is None else set(students)
+    todo = [p for a in assignments for p in _todo(course, a, force, report, limits, only, log)]
     model = _in_background(ensure_default_model, log) if any(p.assembled for p in todo) else None
     n_workers = workers or os.cpu_count() or 1
     threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // n_workers)
@@ -252,18 +259,32 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
     return report
 
 
-def _todo(course: Course, assignment: str, force: bool, report: Report) -> list[_Prepared]:
+def _todo(course: Course, assignment: str, force: bool, report: Report, limits: Limits,
+          only: set[str] | None = None, log: Callable[[str], None] = print) -> list[_Prepared]:
     """The assignment's submissions that need grading, prepared; the unchanged ones go to `report.skipped`."""
     names = ensure_assignment(course, assignment)
     releases = {n: release_notebook(course, assignment, n) for n in names}
     instructors = {n: instructor_cells(course, assignment, n) for n in names}
+    for name in names:
+        if changed := unreleased_test_changes(course, assignment, name, instructors[name]):
+            log(f"warning: {assignment}/{name}.ipynb: the source's test cells differ from the released ones "
+                f"({', '.join(changed)}); grading uses the released tests. Run `course release {assignment}` "
+                "to grade with the source's.")
     setups = {n: exam_setup(course, assignment, n, releases[n], instructors[n]) for n in names}
+    tests, limits_text = fingerprint_of_tests(course, assignment), limits_fingerprint(limits)
+    submissions = course.submissions(assignment)
+    if only is not None:
+        if unknown := sorted(only - set(submissions)):
+            raise CourseError(f"{assignment}: no submission folder for {', '.join(unknown)} in "
+                              f"{course.submitted}/: check the student id (`course status` lists them)")
+        submissions = {s: f for s, f in submissions.items() if s in only}
     todo = []
-    for student, folder in course.submissions(assignment).items():
-        if not force and is_done(course, assignment, student, fingerprint(folder)):
+    for student, folder in submissions.items():
+        parts = key_parts(fingerprint(folder), tests, limits_text)
+        if not force and only is None and is_done(course, assignment, student, result_key(parts)):
             report.skipped.append((assignment, student))
             continue
-        p = _prepare(course, assignment, student, folder, names, releases, instructors)
+        p = _prepare(course, assignment, student, folder, names, releases, instructors, parts)
         p.setups = setups
         p.reasons.extend(IN_PROCESS for n in p.assembled if setups[n] is None)
         todo.append(p)
@@ -298,6 +319,17 @@ def exam_setup(course: Course, assignment: str, name: str, release, instructor: 
             raise CourseError(f"{assignment}/{name}.ipynb: test cell {grade_id} only works in one mode: {why}. "
                               "Fix it in the source notebook and release the lesson again.")
     return setup
+
+
+def unreleased_test_changes(course: Course, assignment: str, name: str, instructor: dict) -> list[str]:
+    """The test cells (grade ids) whose source notebook differs from the released gradebook copy."""
+    import nbformat
+    path = course.root / course.source / assignment / f"{name}.ipynb"
+    if not path.is_file():
+        return []
+    cells = {c.metadata["nbgrader"]["grade_id"]: c.source for c in nbformat.read(path, as_version=4).cells
+             if _is_test(c) and c.metadata["nbgrader"].get("grade_id")}
+    return sorted(g for g, source in cells.items() if source != getattr(instructor.get(g), "source", None))
 
 
 def _source_answers(course: Course, assignment: str, name: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbformat import NotebookNode
@@ -151,6 +152,48 @@ def fingerprint(folder: Path) -> str:
     return h.hexdigest()
 
 
+# Bump when a change of the grader can change a score (scoring, assembly, the examiner's protocol):
+# every result graded by an older version then counts as stale, and `course grade` regrades it.
+GRADER_VERSION = "2026.12.3"
+
+
+def fingerprint_of_tests(course: Course, assignment: str) -> str:
+    """A hash of the lesson as released into the gradebook: its test and locked cells (hidden tests
+    included), their points, and the released notebooks. A re-released, changed test changes it."""
+    from nbgrader.api import MissingEntry
+    h = hashlib.sha256()
+    with course.gradebook() as gb:
+        try:
+            lesson = gb.find_assignment(assignment)
+        except MissingEntry:
+            return ""
+        for nb in sorted(lesson.notebooks, key=lambda n: n.name):
+            h.update(nb.name.encode() + b"\0")
+            for c in sorted(nb.source_cells, key=lambda c: c.name):
+                h.update(json.dumps([c.name, c.cell_type, c.source, bool(c.locked)]).encode())
+            for g in sorted(nb.grade_cells, key=lambda g: g.name):
+                h.update(json.dumps([g.name, float(g.max_score)]).encode())
+            released = course.root / course.release / assignment / f"{nb.name}.ipynb"
+            if released.is_file():
+                h.update(hashlib.sha256(released.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def limits_fingerprint(limits: Any) -> str:
+    """The limits a run was graded under, as text (a dataclass of numbers)."""
+    return json.dumps(dataclasses.asdict(limits), sort_keys=True)
+
+
+def result_key(parts: dict[str, str]) -> str:
+    """The one fingerprint of a result: submission, tests, grader version and limits together."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def key_parts(submission: str, tests: str, limits: str) -> dict[str, str]:
+    """What a result depends on; any part changing makes it stale."""
+    return {"submission": submission, "tests": tests, "grader": GRADER_VERSION, "limits": limits}
+
+
 def result_path(course: Course, assignment: str, student: str) -> Path:
     return course.folder(course.autograded, student, assignment) / RESULT_FILE
 
@@ -164,9 +207,21 @@ def read_result(course: Course, assignment: str, student: str) -> dict | None:
 
 
 def is_done(course: Course, assignment: str, student: str, print_: str) -> bool:
-    """Was this exact submission graded and committed already?"""
+    """Was this exact submission graded and committed already, under the same tests, grader and limits?"""
     result = read_result(course, assignment, student)
     return bool(result) and result.get("fingerprint") == print_
+
+
+def stale_because(result: dict, tests: str) -> str:
+    """Why a result of an unchanged submission is out of date ('' if it is not): tests or grader changed."""
+    parts = result.get("parts") or {}
+    if not parts:
+        return "graded before results recorded their tests"
+    if tests and parts.get("tests") != tests:
+        return "the lesson's tests were released again with changes since grading"
+    if parts.get("grader") != GRADER_VERSION:
+        return f"graded by grader {parts.get('grader')}, now {GRADER_VERSION}"
+    return ""
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -177,7 +232,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def record(course: Course, assignment: str, student: str, notebooks: dict[str, NotebookNode | None],
-           status: str, reasons: list[str], print_: str, cells: dict | None = None) -> None:
+           status: str, reasons: list[str], print_: str, cells: dict | None = None,
+           parts: dict[str, str] | None = None) -> None:
     """Commit one student's result: gradebook rows, autograded notebooks, then the result file.
 
     A notebook given as None (missing or unreadable) scores 0 in every graded cell.
@@ -209,7 +265,7 @@ def record(course: Course, assignment: str, student: str, notebooks: dict[str, N
     score, max_score = submission_score(course, assignment, student)
     _atomic_write(result_path(course, assignment, student), json.dumps({
         "student_id": student, "assignment": assignment, "status": status, "reasons": reasons,
-        "score": score, "max_score": max_score, "fingerprint": print_, "cells": cells or {},
+        "score": score, "max_score": max_score, "fingerprint": print_, "parts": parts or {}, "cells": cells or {},
         "graded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, indent=1))
 
 
@@ -262,6 +318,7 @@ class Outcome:
     max_score: float | None          # None only when the lesson is not in the gradebook
     reasons: tuple[str, ...]
     result: dict | None              # the result file when it is this student's current grade, else None
+    stale: str = ""                  # why this grade is out of date (tests or grader changed), '' if current
 
 
 _EMPTY = hashlib.sha256().hexdigest()          # the fingerprint of an empty or absent folder
@@ -293,7 +350,7 @@ def _gradebook_scores(course: Course, assignment: str,
 
 
 def outcome(course: Course, assignment: str, student: str, *,
-            _scores: tuple[dict[str, float], float | None] | None = None) -> Outcome:
+            _scores: tuple[dict[str, float], float | None] | None = None, _tests: str | None = None) -> Outcome:
     """The one place that decides a student's status on a lesson for display and export.
 
     - The result file `course grade` wrote is present and its fingerprint matches what is in
@@ -317,6 +374,10 @@ def outcome(course: Course, assignment: str, student: str, *,
 
     A student whose `submitted/<student>/` folder does not exist at all is one `course grade`
     never looks at, so a result file recorded for them stays their grade.
+
+    A grade of an unchanged submission stays the grade when the lesson's tests are released again
+    with changes or the grader's version changes, but `stale` says why it is out of date (`course
+    status` counts these, `course grade LESSON` regrades exactly them).
     """
     base = course.root / course.submitted / student
     present = base.is_dir() and not base.is_symlink()            # as Course.submissions (what grade() grades)
@@ -326,12 +387,15 @@ def outcome(course: Course, assignment: str, student: str, *,
     score = scores.get(student)
     max_score = max_score if max_score is not None else (result or {}).get("max_score")
     run = f"run `course grade {assignment}`"
-    if result and result.get("status") in STATUSES and (not present or result.get("fingerprint") == now):
+    graded = (result or {}).get("parts", {}).get("submission") or (result or {}).get("fingerprint")
+    if result and result.get("status") in STATUSES and (not present or graded == now):
         reasons = tuple(result.get("reasons") or ())
         if result["status"] == "missing" and not reasons:
             reasons = ("no notebook was handed in",)
         score = score if score is not None else float(result.get("score") or 0.0)
-        return Outcome(student, assignment, result["status"], score, max_score, reasons, result)
+        tests = _tests if _tests is not None else (fingerprint_of_tests(course, assignment) if _has_gradebook(course) else "")
+        return Outcome(student, assignment, result["status"], score, max_score, reasons, result,
+                       stale_because(result, tests))
     if result:
         # The previous grade is the result file's own (the gradebook may already hold part of a killed regrade).
         old, top = result.get("score"), result.get("max_score")
@@ -357,24 +421,30 @@ def everyone(course: Course, assignment: str) -> list[str]:
 def outcomes(course: Course, assignment: str) -> list[Outcome]:
     """`outcome` of every student of the lesson (`everyone`), by student id (the gradebook read once)."""
     scores = _gradebook_scores(course, assignment)
-    return [outcome(course, assignment, sid, _scores=scores) for sid in everyone(course, assignment)]
+    tests = fingerprint_of_tests(course, assignment) if _has_gradebook(course) else ""
+    return [outcome(course, assignment, sid, _scores=scores, _tests=tests) for sid in everyone(course, assignment)]
 
 
 EXPORT_COLUMNS = ("student_id", "assignment", "score", "max_score", "status", "reasons")
 
 
-def export_rows(course: Course, assignment: str) -> list[dict]:
+def export_rows(course: Course, assignment: str, include_unreviewed: bool = False) -> list[dict]:
     """One row per student known to the gradebook or present in submitted/, in EXPORT_COLUMNS order.
 
-    The status and reasons are `outcome`'s; the score of a "not graded" student is an empty cell.
+    The status and reasons are `outcome`'s, then the review decision and the late deduction
+    (`final.final_grade`); the score is the one that leaves: empty for a student not graded, and
+    for a flagged submission nobody reviewed (unless `include_unreviewed`).
     """
     from nbgrader.api import MissingEntry
+    from .final import final_grades
     require_gradebook(course, f"course grade {assignment}")
     with course.gradebook() as gb:
         try:
             max_score = float(gb.find_assignment(assignment).max_score)
         except MissingEntry:
             raise CourseError(f"'{assignment}' is not in the gradebook: run `course grade {assignment}` first") from None
-    return [{"student_id": o.student_id, "assignment": assignment,
-             "score": "" if o.score is None else round(o.score, 4), "max_score": max_score,
-             "status": o.status, "reasons": "; ".join(o.reasons)} for o in outcomes(course, assignment)]
+    finals = final_grades(course, assignment, outcomes(course, assignment), include_unreviewed)
+    return [{"student_id": f.outcome.student_id, "assignment": assignment,
+             "score": "" if f.score is None else f.score, "max_score": max_score,
+             "status": f.outcome.status, "reasons": "; ".join((*f.outcome.reasons, *f.notes))}
+            for f in finals.values()]

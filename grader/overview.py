@@ -13,7 +13,9 @@ import json
 import os
 from pathlib import Path
 
+from .final import final_grades
 from .gradebook import NOT_GRADED, Course, CourseError, outcomes, require_gradebook
+from .review import latest
 
 EXPORTS = "course-exports.json"     # in the course folder: which lessons were exported, when, where
 
@@ -29,34 +31,60 @@ def _people(course: Course) -> dict[str, dict]:
                 for s in gb.students}
 
 
-def grade_rows(course: Course, lessons: list[str] | None = None) -> tuple[list[str], list[dict]]:
+def grade_rows(course: Course, lessons: list[str] | None = None,
+               include_unreviewed: bool = False) -> tuple[list[str], list[dict]]:
     """(columns, rows): one row per student (roster and gradebook), one score column per lesson, total.
 
-    A lesson's cell is `outcome`'s score: a student with nothing handed in scores 0 there, and a
-    student who handed in something not graded yet (or handed in again since grading) gets an
-    empty cell, not 0 — the "no grade" of an LMS import (Canvas and Moodle read an empty cell as
-    no grade; a 0 would be imported as one). `total` is empty too while any lesson of the row is
-    not graded, since it is not the student's total yet. The per-lesson export (`export_rows`)
-    has the status and the reasons.
+    A lesson's cell is the grade that leaves (`final.final_grade`): the computed score, or a review
+    decision that still applies, minus the late policy. A student with nothing handed in scores 0
+    there. A student who handed in something not graded yet (or handed in again since grading), or
+    whose flagged submission no one has reviewed, gets an empty cell, not 0 — the "no grade" of an
+    LMS import (Canvas and Moodle read an empty cell as no grade; a 0 would be imported as one).
+    With `include_unreviewed`, unreviewed flagged scores are filled in and an `unreviewed` column
+    names their lessons. `total` is empty while any lesson of the row has no grade. The per-lesson
+    export (`export_rows`) has the status and the reasons; `held_back` lists what was left out.
     """
     require_gradebook(course, "course release")
     lessons = lessons or _lessons_in_gradebook(course)
     if not lessons:
         raise CourseError(f"{course.root}'s gradebook has no lesson yet: run `course release` first")
     people = _people(course)
-    per_lesson = {lesson: {o.student_id: o for o in outcomes(course, lesson)} for lesson in lessons}
+    per_lesson = {lesson: final_grades(course, lesson, outcomes(course, lesson), include_unreviewed)
+                  for lesson in lessons}
     all_students = sorted(set(people).union(*per_lesson.values()))
     columns = ["student_id", "first_name", "last_name", "email", *lessons, "total"]
+    marked = include_unreviewed and any(f.held for grades in per_lesson.values() for f in grades.values())
+    columns += ["unreviewed"] if marked else []
     rows = []
     for sid in all_students:
         row = {"student_id": sid, **people.get(sid, {"first_name": "", "last_name": "", "email": ""})}
         for lesson in lessons:
-            o = per_lesson[lesson].get(sid)
-            row[lesson] = 0.0 if o is None else ("" if o.score is None else round(o.score, 4))
+            f = per_lesson[lesson].get(sid)
+            row[lesson] = 0.0 if f is None else ("" if f.score is None else f.score)
         scores = [row[lesson] for lesson in lessons]
         row["total"] = "" if "" in scores else round(sum(scores), 4)
+        if marked:
+            row["unreviewed"] = " ".join(lesson for lesson in lessons if sid in per_lesson[lesson]
+                                         and per_lesson[lesson][sid].held)
         rows.append(row)
     return columns, rows
+
+
+def held_back(course: Course, lessons: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """(lesson, student, why) of every grade an export leaves out or should say something about:
+    flagged and not reviewed, not graded yet, or graded under tests or a grader that changed since."""
+    out = []
+    for lesson in lessons or _lessons_in_gradebook(course):
+        decided = latest(course, lesson)
+        for o in outcomes(course, lesson):
+            d = decided.get(o.student_id)
+            if o.status == NOT_GRADED:
+                out.append((lesson, o.student_id, "not graded: " + "; ".join(o.reasons)))
+            elif o.status == "flagged" and not (d and d.applies_to(o)):
+                out.append((lesson, o.student_id, f"flagged, not reviewed: run `course review {lesson}`"))
+            if o.stale:
+                out.append((lesson, o.student_id, f"stale: {o.stale} (run `course grade {lesson}`)"))
+    return out
 
 
 def write_csv(path: str | os.PathLike, columns: list[str], rows: list[dict]) -> Path:
@@ -98,6 +126,8 @@ class LessonStatus:
     missing: int                     # nothing handed in (no folder, an empty one, or no notebook in it)
     pending: tuple[tuple[str, str], ...]   # (student, reason) of each one handed in but not graded
     exported: str                    # '' (never), 'yes' or 'stale' (graded again since)
+    to_review: tuple[str, ...] = ()  # flagged, and no review decision applies: held back from exports
+    stale: tuple[tuple[str, str], ...] = ()   # (student, why) graded under tests or a grader that changed
 
     @property
     def not_graded(self) -> int:
@@ -115,34 +145,43 @@ def status(course_dir: str | os.PathLike = ".") -> list[LessonStatus]:
     for lesson in course.assignments():
         released = lesson in in_gradebook and any((course.root / course.release / lesson).glob("*.ipynb"))
         counts = {"graded": 0, "flagged": 0, "failed": 0, "missing": 0}
-        pending, last = [], ""
+        pending, last, waiting, stale = [], "", [], []
         folders = [f for f in course.submissions(lesson).values() if f.is_dir()]
+        decided = latest(course, lesson) if lesson in in_gradebook else {}
         for o in outcomes(course, lesson):
             if o.status == NOT_GRADED:
                 pending.append((o.student_id, "; ".join(o.reasons)))
             else:
                 counts[o.status] += 1
+            if o.status == "flagged" and not (o.student_id in decided and decided[o.student_id].applies_to(o)):
+                waiting.append(o.student_id)
+            if o.stale:
+                stale.append((o.student_id, o.stale))
             last = max(last, (o.result or {}).get("graded_at", ""))
         note = exports.get(lesson)
         exported = "" if not note else ("stale" if last > note["at"] else "yes")
         out.append(LessonStatus(lesson, released, len(folders), counts["graded"], counts["flagged"],
-                                counts["failed"], counts["missing"], tuple(pending), exported))
+                                counts["failed"], counts["missing"], tuple(pending), exported, tuple(waiting),
+                                tuple(stale)))
     return out
 
 
 def status_table(rows: list[LessonStatus]) -> str:
-    """`course status` as text: one line per lesson, then every student not graded and why."""
+    """`course status` as text: one line per lesson, then every student not graded, stale or to review."""
     head = f"{'lesson':<22}{'released':>9}{'collected':>10}{'graded':>8}{'flagged':>8}{'failed':>7}" \
-           f"{'missing':>8}{'not graded':>11}  exported"
+           f"{'missing':>8}{'not graded':>11}{'to review':>10}{'stale':>6}  exported"
     lines = [head]
     for r in rows:
         lines.append(f"{r.lesson:<22}{'yes' if r.released else 'no':>9}{r.collected:>10}{r.graded:>8}{r.flagged:>8}"
-                     f"{r.failed:>7}{r.missing:>8}{r.not_graded:>11}  {r.exported or 'no'}")
-    pending = [(r.lesson, sid, why) for r in rows for sid, why in r.pending]
-    if pending:
-        lines += ["", "not graded (handed in, no current grade):"]
-        width = max(len(sid) for _, sid, _ in pending)
-        lines += [f"  {lesson:<22}{sid:<{width}}  {why}" for lesson, sid, why in pending]
+                     f"{r.failed:>7}{r.missing:>8}{r.not_graded:>11}{len(r.to_review):>10}{len(r.stale):>6}"
+                     f"  {r.exported or 'no'}")
+    for title, found in (("not graded (handed in, no current grade):", [(r.lesson, s, w) for r in rows for s, w in r.pending]),
+                         ("stale (`course grade LESSON` regrades them):", [(r.lesson, s, w) for r in rows for s, w in r.stale]),
+                         ("flagged, waiting for `course review LESSON` (held back from exports):",
+                          [(r.lesson, s, "") for r in rows for s in r.to_review])):
+        if found:
+            width = max(len(sid) for _, sid, _ in found)
+            lines += ["", title] + [f"  {lesson:<22}{sid:<{width}}  {why}".rstrip() for lesson, sid, why in found]
     return "\n".join(lines)
 
 

@@ -126,5 +126,17 @@ def _answer(request: dict, blobs: list[bytes], namespace: dict) -> tuple[Any, li
     else:
         raise ValueError(f"unknown request {str(op)[:40]!r}")
     blobs_out: list[bytes] = []
-    return protocol.encode(result, blobs_out, _handles.issue), blobs_out
+    return _located(protocol.encode(result, blobs_out, _handles.issue)), blobs_out
+
+
+def _located(encoded: Any) -> Any:
+    """Each handle of an answer with where its object was defined (`protocol.origins`), for the examiner's
+    tripwire on answers that are the course's own (`grader.reference.Watch`)."""
+    if type(encoded) is dict:
+        if encoded.get("$") == "ref":
+            return {**encoded, "where": protocol.origins(_handles.get(encoded["id"]))}
+        return {k: _located(v) for k, v in encoded.items()}
+    if type(encoded) is list:
+        return [_located(v) for v in encoded]
+    return encoded
 

@@ -26,7 +26,7 @@ def empty_course(tmp_path):
 def test_help_lists_the_verbs():
     done = course("--help")
     assert done.returncode == 0
-    for verb in ("demo", "grade", "export", "release", "collect", "feedback", "status"):
+    for verb in ("demo", "grade", "export", "release", "collect", "feedback", "status", "review", "similarity"):
         assert verb in done.stdout
 
 

@@ -28,7 +28,9 @@ import nbformat
 import pytest
 
 from grader import gradebook
-from grader.gradebook import NOT_GRADED, Course, fingerprint, is_done, outcome, record
+from grader.gradebook import (NOT_GRADED, Course, fingerprint, is_done, key_parts, limits_fingerprint, outcome, record,
+                              result_key, fingerprint_of_tests)
+from grader.sandbox import Limits
 from grader.layout import ROOT
 from grader.score import score_cells
 
@@ -65,8 +67,9 @@ def commit(course: Course, student: str, status: str = "graded", failing: tuple[
     """What `course grade` commits for one student (grade._commit), without running the notebook."""
     nb = None if status == "missing" else graded_notebook(failing)
     cells = {c.grade_id: [c.score, c.max_score, c.reason] for c in score_cells(nb)} if nb else {}
-    record(course, LESSON, student, {LESSON: nb}, status, list(reasons),
-           fingerprint(course.folder(course.submitted, student, LESSON)), cells)
+    parts = key_parts(fingerprint(course.folder(course.submitted, student, LESSON)), fingerprint_of_tests(course, LESSON),
+                      limits_fingerprint(Limits()))
+    record(course, LESSON, student, {LESSON: nb}, status, list(reasons), result_key(parts), cells, parts)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +110,9 @@ def test_the_outcome_of_each_case(course):
 def test_not_graded_is_exactly_what_course_grade_would_grade(course):
     """`course grade` skips a submission only when its result file has the same fingerprint (is_done)."""
     c = Course.open(course)
+    tests, limits = fingerprint_of_tests(c, LESSON), limits_fingerprint(Limits())
     for student, folder in c.submissions(LESSON).items():
-        would_grade = not is_done(c, LESSON, student, fingerprint(folder))
+        would_grade = not is_done(c, LESSON, student, result_key(key_parts(fingerprint(folder), tests, limits)))
         assert (outcome(c, LESSON, student).status == NOT_GRADED) == would_grade, student
 
 
@@ -116,7 +120,7 @@ def test_status_counts_not_graded_apart_from_missing_and_says_why(course):
     out = course_command("status", "--course", str(course)).stdout
     head, row = out.splitlines()[:2]
     assert head.split() == ["lesson", "released", "collected", "graded", "flagged", "failed", "missing", "not",
-                            "graded", "exported"]
+                            "graded", "to", "review", "stale", "exported"]
     assert row.split()[:8] == [LESSON, "yes", "5", "1", "0", "0", "2", "3"]
     assert f"{LESSON}  again  {AGAIN}".split() == _line(out, "again").split()
     assert f"{LESSON}  waiting  {WAITING}".split() == _line(out, "waiting").split()
