@@ -67,7 +67,9 @@ def _demo(args: argparse.Namespace) -> int:
     flagged = [p for p in done.pages if p.status in ("flagged", "failed", "not graded")]
     print(f"\nfeedback pages: {done.course / 'feedback'}/<student>/<lesson>/<lesson>.html ({len(done.pages)} pages)"
           + "".join(f"\n  {p.status}: {p.path}" for p in flagged))
-    print(f"grades for the LMS: {done.grades_csv}")
+    print(f"grades: {done.grades_csv}" + "".join(f"\nfor {r.kind}: {r.path}" for r in done.lms))
+    print("similarity pages: " + ", ".join(str(r.html_path) for r in done.similar))
+    print(f"held back until reviewed: {len(done.held_back)}; late deductions: {len(done.late)}")
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import re
 import sys
@@ -24,22 +25,32 @@ LESSONS = ("01_setup", "05_gradcam")
 EXPECTED = {
     "aokafor": {"01_setup": (6, "graded"), "05_gradcam": (8, "graded")},       # correct, correct
     "blindqvist": {"01_setup": (6, "graded"), "05_gradcam": (6, "graded")},    # correct, partly (last one blank)
-    "cwei": {"01_setup": (4, "graded"), "05_gradcam": (8, "graded")},          # partly (prob_cat blank), correct
+    "cwei": {"01_setup": (4, "graded"), "05_gradcam": (8, "flagged")},         # partly (prob_cat blank), pasted course_utils
     "dvolkov": {"01_setup": (0, "graded"), "05_gradcam": (6, "graded")},       # blank, partly
     "egarcia": {"01_setup": (6, "graded"), "05_gradcam": (8, "graded")},       # renamed files, correct
     "fhaddad": {"01_setup": (6, "graded"), "05_gradcam": (8, "graded")},       # metadata stripped, correct
     "gsantos": {"01_setup": (6, "graded"), "05_gradcam": (8, "graded")},       # older partly + newer correct
     "hsato": {"01_setup": (0, "missing"), "05_gradcam": (0, "missing")},       # nothing at all
     "ipetrov": {"01_setup": (6, "flagged"), "05_gradcam": (8, "graded")},      # writes ../../../gradebook.db
-    "jnovak": {"01_setup": (6, "graded"), "05_gradcam": (6, "graded")},        # grad_cam_map loops forever
+    "jnovak": {"01_setup": (6, "graded"), "05_gradcam": (6, "graded")},        # aokafor's copied; grad_cam_map loops
     "kmensah": {"01_setup": (4, "flagged"), "05_gradcam": (8, "graded")},      # patches course_utils.checks
     "lfischer": {"01_setup": (4, "graded"), "05_gradcam": (8, "graded")},      # late partly, zip in a zip
 }
+# What leaves in the exports where it differs from the gradebook's score: ipetrov's flagged 01_setup is accepted
+# in review, the other flagged ones are held back (an empty cell), lfischer's 01_setup is 2 started days late (-20 %
+# of 6 points under the example's course.toml); dvolkov's late 05_gradcam is within his extension (no deduction).
+EXPORTED = {("kmensah", "01_setup"): "", ("cwei", "05_gradcam"): "", ("lfischer", "01_setup"): 2.8}
 # Reasons that must be on a page: (student, lesson, words in the summary)
 REASONS = [("cwei", "01_setup", "no answer yet"), ("jnovak", "05_gradcam", "cell 'grad_cam_map' ran for more than 20 s"),
            ("hsato", "05_gradcam", "no notebook was handed in"), ("kmensah", "01_setup", "flagged for review"),
            ("kmensah", "01_setup", "a hidden test failed: AssertionError"),
-           ("ipetrov", "01_setup", "gradebook.db"), ("fhaddad", "01_setup", "nbgrader metadata was missing")]
+           ("ipetrov", "01_setup", "gradebook.db"), ("fhaddad", "01_setup", "nbgrader metadata was missing"),
+           ("lfischer", "01_setup", "-20 % of the points"), ("ipetrov", "01_setup", "accepted 6")]
+
+
+def exported(sid: str, lesson: str):
+    """The score a student's lesson leaves with: EXPORTED's where it differs, else the gradebook's."""
+    return EXPORTED.get((sid, lesson), EXPECTED[sid][lesson][0])
 
 
 def test_the_generator_reproduces_the_committed_class_byte_for_byte():
@@ -94,8 +105,9 @@ def test_the_csv_has_a_row_for_every_roster_student(run):
         rows = {r["student_id"]: r for r in csv.DictReader(f)}
     assert list(rows) == [s[0] for s in example_class.STUDENTS]
     for sid, lessons in EXPECTED.items():
-        assert [float(rows[sid][lesson]) for lesson in LESSONS] == [lessons[lesson][0] for lesson in LESSONS]
-        assert float(rows[sid]["total"]) == sum(score for score, _ in lessons.values())
+        want = [exported(sid, lesson) for lesson in LESSONS]
+        assert [rows[sid][lesson] for lesson in LESSONS] == ["" if w == "" else str(float(w)) for w in want]
+        assert rows[sid]["total"] == ("" if "" in want else str(round(sum(want), 4)))
     assert rows["hsato"]["email"] == "hsato@students.example.edu"
 
 
@@ -107,7 +119,8 @@ def test_every_lost_point_has_its_reason_on_the_page(run):
     done, _ = run
     assert len(done.pages) == len(EXPECTED) * len(LESSONS)
     for page in done.pages:
-        assert page.score == EXPECTED[page.student_id][page.lesson][0]
+        shown = exported(page.student_id, page.lesson)
+        assert page.score == (EXPECTED[page.student_id][page.lesson][0] if shown == "" else shown)
         summary = html.unescape(re.sub(r"<[^>]+>", " ", page.path.read_text().split("</section>")[0]))
         for lost in page.lost:
             assert lost.reason, f"{page.student_id} {page.lesson} {lost.grade_id}: no reason"
@@ -181,4 +194,71 @@ def test_status_counts_each_lesson(run):
     rows = {r.lesson: r for r in status(done.course)}
     assert [(r.released, r.collected, r.graded, r.flagged, r.failed, r.missing, r.not_graded, r.exported)
             for r in (rows["01_setup"], rows["05_gradcam"])] == [(True, 11, 9, 2, 0, 1, 0, "yes"),
-                                                                  (True, 11, 11, 0, 0, 1, 0, "yes")]
+                                                                  (True, 11, 10, 1, 0, 1, 0, "yes")]
+    assert rows["01_setup"].to_review == ("kmensah",) and rows["05_gradcam"].to_review == ("cwei",)
+
+
+def test_the_copied_pair_ranks_first_among_student_pairs(run):
+    """jnovak's 01_setup is aokafor's, renamed and re-commented: it tops the student pairs, well above honest ones."""
+    done, lines = run
+    setup = next(r for r in done.similar if r.lesson == "01_setup")
+    first, second = setup.flagged("students")[0], [p for p in setup.pairs if p.kind == "students"][1]
+    assert {first.left, first.right} == {"aokafor", "jnovak"} and first.score > 0.95
+    assert second.score < first.score - 0.2
+    assert setup.html_path.is_file() and any(str(setup.html_path) in line for line in lines)
+
+
+def test_the_pasted_reference_ranks_first_against_known_sources_and_is_flagged(run):
+    """cwei pasted course_utils' HookBwd and used its Grad-CAM helpers: first against the known sources, and the
+    reference scan flagged the submission for review."""
+    done, _ = run
+    gradcam = next(r for r in done.similar if r.lesson == "05_gradcam")
+    top = [p for p in gradcam.pairs if p.kind == "known"][0]
+    assert (top.left, top.right) == ("cwei", "course_utils/hooks.py") and top in gradcam.flagged("known")
+    assert not [p for p in gradcam.flagged("known") if p.left != "cwei"]
+    reasons = {r["student_id"]: r["reasons"] for r in export_rows(Course.open(done.course), "05_gradcam")}
+    assert "course_utils.cam.gradcam_weights" in reasons["cwei"]
+
+
+def test_the_late_policy_takes_its_deduction_and_the_extension_cancels_it(run):
+    from grader.late import hand_in_time, read_config
+    done, _ = run
+    config = read_config(done.course)
+    assert (done.course / "course.toml").read_bytes() == (ROOT / "examples" / "class" / "course.toml").read_bytes()
+    folder = done.course / "submitted" / "dvolkov" / "05_gradcam"
+    assert hand_in_time(folder).time > config.due["05_gradcam"]          # late but for the extension
+    late = {(lesson, sid): note for lesson, sid, note in done.late}
+    assert list(late) == [("01_setup", "lfischer")] and "-20 %" in late["01_setup", "lfischer"]
+    with open(done.grades_csv, newline="") as f:
+        rows = {r["student_id"]: r for r in csv.DictReader(f)}
+    assert rows["lfischer"]["01_setup"] == "2.8" and rows["dvolkov"]["05_gradcam"] == "6.0"
+
+
+def test_the_reviewed_submission_leaves_and_the_unreviewed_ones_are_held_back(run):
+    done, _ = run
+    before, after = ([i.outcome.student_id for i in items if i.waiting] for items in done.to_review)
+    assert before == ["ipetrov", "kmensah"] and after == ["kmensah"]
+    assert done.decision.student == "ipetrov" and done.decision.score == 6
+    held = {(lesson, sid) for lesson, sid, _ in done.held_back}
+    assert held == {("01_setup", "kmensah"), ("05_gradcam", "cwei")}
+
+
+def test_the_canvas_upload_fills_the_lesson_columns_and_keeps_every_other_cell(run):
+    done, _ = run
+    canvas, moodle = done.lms
+    before = list(csv.reader(io.StringIO((ROOT / "examples" / "class" / "canvas_gradebook.csv").read_text())))
+    after = list(csv.reader(io.StringIO(canvas.path.read_text())))
+    assert canvas.path == done.course / "canvas_upload.csv" and len(after) == len(before)
+    columns = {before[0].index(f"{lesson} ({example_class.CANVAS_IDS[lesson]})"): lesson for lesson in LESSONS}
+    logins = {sid for sid, *_ in example_class.STUDENTS}
+    for old, new in zip(before, after):
+        for i, (was, now) in enumerate(zip(old, new, strict=True)):
+            if i in columns and old[3] in logins and exported(old[3], columns[i]) != "":
+                assert float(now) == exported(old[3], columns[i]), (old[3], columns[i])
+            else:
+                assert now == was, (old[0], before[0][i])
+    assert len(canvas.not_in_roster) == 2 and "Smith, Jordan" in canvas.not_in_roster[0]      # and the test student
+    with open(moodle.path, newline="") as f:
+        grades = {r["Email address"]: r for r in csv.DictReader(f)}
+    assert grades["lfischer@students.example.edu"]["01_setup"] == "2.8"
+    assert grades["kmensah@students.example.edu"]["01_setup"] == ""
