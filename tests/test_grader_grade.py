@@ -128,13 +128,18 @@ def hostile(tmp_path_factory):
                       "--memory", "2048", "--quiet")
     assert done.returncode == 0, f"course grade failed:\n{done.stdout}\n{done.stderr[-3000:]}"
     csv_path = tmp_path_factory.mktemp("export") / "grades.csv"
-    exported = run_course("export", LESSON, "--course", str(course), "--to", str(csv_path))
+    # the computed scores, flagged ones included (a plain export holds those back until reviewed)
+    exported = run_course("export", LESSON, "--course", str(course), "--to", str(csv_path), "--include-unreviewed")
     assert exported.returncode == 0, exported.stderr
     with open(csv_path, newline="") as f:
         rows = {r["student_id"]: r for r in csv.DictReader(f)}
+    plain_path = csv_path.with_name("plain.csv")
+    assert run_course("export", LESSON, "--course", str(course), "--to", str(plain_path)).returncode == 0
+    with open(plain_path, newline="") as f:
+        plain = {r["student_id"]: r for r in csv.DictReader(f)}
     listener.sock.close()
     return dict(course=course, outside=outside, rows=rows, stdout=done.stdout, listener=listener,
-                config_before=config_before, csv=csv_path)
+                config_before=config_before, csv=csv_path, plain=plain)
 
 
 def outputs(hostile, student: str) -> str:
@@ -257,9 +262,16 @@ def test_the_gradebook_holds_every_student_with_per_cell_scores(hostile):
     assert scores[("loop", LESSON)]["test_as_batch"] == (2, 2)
 
 
+def test_flagged_scores_are_held_back_from_a_plain_export_until_reviewed(hostile):
+    flagged = [sid for sid, r in hostile["rows"].items() if r["status"] == "flagged"]
+    assert flagged and all(hostile["plain"][sid]["score"] == "" for sid in flagged)
+    assert all(hostile["plain"][sid]["score"] == r["score"] for sid, r in hostile["rows"].items() if sid not in flagged)
+
+
 def test_a_second_run_grades_nothing_again(hostile):
     before = hashlib.sha256((hostile["course"] / "gradebook.db").read_bytes()).hexdigest()
-    done = run_course("grade", LESSON, "--course", str(hostile["course"]), "--quiet")
+    done = run_course("grade", LESSON, "--course", str(hostile["course"]), "--cell-timeout", "20", "--memory", "2048",
+                      "--quiet")      # the same limits: a result graded under other limits would be stale
     assert done.returncode == 0, done.stderr
     assert "0 submissions graded now, 20 already graded" in done.stdout
     assert hashlib.sha256((hostile["course"] / "gradebook.db").read_bytes()).hexdigest() == before
