@@ -127,3 +127,24 @@ def scores(course: Path) -> dict[tuple[str, str], dict[str, tuple[float, float]]
                     found[(sub.student.id, assignment.name)] = {
                         g.name: (g.score, g.max_score) for g in nb.grades if g.auto_score is not None}
     return found
+
+
+def commit_result(course: Path, lesson: str, student: str, status: str = "graded", failing: tuple[str, ...] = (),
+                  reasons: tuple[str, ...] = ()) -> None:
+    """What `course grade` commits for one student, without running the notebook (fast graded states for
+    tests): the instructor's notebook with every test passing but those in `failing`, under default limits."""
+    from grader.gradebook import (Course, fingerprint, fingerprint_of_tests, key_parts, limits_fingerprint, record,
+                                  result_key)
+    from grader.sandbox import Limits
+    from grader.score import score_cells
+    c = Course.open(course)
+    nb = None
+    if status != "missing":
+        nb = nbformat.read(notebook_path(ROOT / "solutions", lesson), as_version=4)
+        for cell in nb.cells:
+            if cell.metadata.get("nbgrader", {}).get("grade_id") in failing:
+                cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="wrong", traceback=[])]
+    cells = {s.grade_id: [s.score, s.max_score, s.reason] for s in score_cells(nb)} if nb else {}
+    parts = key_parts(fingerprint(c.folder(c.submitted, student, lesson)), fingerprint_of_tests(c, lesson),
+                      limits_fingerprint(Limits()))
+    record(c, lesson, student, {lesson: nb}, status, list(reasons), result_key(parts), cells, parts)
