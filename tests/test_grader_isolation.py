@@ -275,7 +275,8 @@ def graded(request, tmp_path_factory, normal_user):
     if done.returncode == 0:
         export = course / "grades.csv"
         exported = subprocess.run([sys.executable, "-m", "grader", "export", LESSON, "--course", str(course),
-                                   "--to", str(export)], env=grader_env(home, tmp, secret), cwd=str(home),
+                                   "--to", str(export), "--include-unreviewed"],     # flagged scores too
+                                  env=grader_env(home, tmp, secret), cwd=str(home),
                                   capture_output=True, text=True, **run_as)
         assert exported.returncode == 0, exported.stderr[-2000:]
         with open(export, newline="") as f:

@@ -77,8 +77,8 @@ ACTS = {
     "other_pathlib": ("pathlib.Path('/proc/1/cmdline').read_bytes()",
                       "another process's /proc entries: /proc/1/cmdline"),
     "other_bytes": ("open(b'/proc/1/status', 'rb')", "another process's /proc entries: /proc/1/status"),
-    "other_relative": ("os.chdir(TMP)\ntry:\n    open('../../proc/1/maps')\nfinally:\n    os.chdir('/')",
-                       "another process's /proc entries: ../../proc/1/maps"),
+    "other_relative": ("os.chdir(TMP)\ntry:\n    open(os.path.relpath('/proc/1/maps', TMP))\nfinally:\n    os.chdir('/')",
+                       "another process's /proc entries: ../"),         # as deep as TMP is
     "other_os_open": ("os.open('/proc/1/mem', os.O_RDONLY)", "another process's /proc entries: /proc/1/mem"),
     "own_mem": ("open('/proc/self/mem', 'rb')", "opened its own /proc entries: /proc/self/mem"),
     "own_environ": ("open(f'/proc/{PID}/environ', 'rb')", "opened its own /proc entries: /proc/"),
