@@ -23,7 +23,9 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from .final import final_grades
+from .final import final_grade
+from .late import CourseConfig, read_config
+from .review import Decision, latest
 from .gradebook import NOT_GRADED, Course, CourseError, Outcome, check_lesson, outcome, require_gradebook
 
 HIDDEN = re.compile(r"^[ \t]*#+[ \t]*BEGIN HIDDEN TESTS.*?(?:^[ \t]*#+[ \t]*END HIDDEN TESTS[^\n]*$|\Z)", re.M | re.S)
@@ -228,7 +230,9 @@ def feedback(lesson: str, course_dir: str | os.PathLike = ".", students: list[st
     course = Course.open(course_dir)
     require_gradebook(course, f"course grade {lesson}")
     names = _notebooks(course, lesson)
-    return [_student_page(course, lesson, sid, names) for sid in students or everyone(course, lesson)]
+    decided, config = latest(course, lesson), read_config(course.root)      # read once for the whole class
+    return [_student_page(course, lesson, sid, names, decided.get(sid), config)
+            for sid in students or everyone(course, lesson)]
 
 
 def _notebooks(course: Course, lesson: str) -> list[str]:
@@ -247,7 +251,8 @@ def _max_scores(course: Course, lesson: str, notebook: str) -> list[Lost]:
         return [Lost(c.name, 0.0, float(c.max_score), "") for c in cells]
 
 
-def _student_page(course: Course, lesson: str, student: str, names: list[str]) -> Page:
+def _student_page(course: Course, lesson: str, student: str, names: list[str], decision: Decision | None,
+                  config: CourseConfig) -> Page:
     """Write one student's page (one per notebook of the lesson; lessons have one) and describe it.
 
     The status, score and reasons are `outcome`'s: a submission that is not graded (never reached
@@ -255,7 +260,7 @@ def _student_page(course: Course, lesson: str, student: str, names: list[str]) -
     """
     o = outcome(course, lesson, student)
     result = o.result                      # None unless the result file is the current grade
-    final = final_grades(course, lesson, [o])[student]
+    final = final_grade(course, o, decision, config)
     notes = _notes(o) + [n for n in final.notes if not n.startswith("flagged and not reviewed")]
     shown = final.score if final.score is not None else o.score
     max_score = o.max_score if o.max_score is not None else sum(c.max_score for n in names

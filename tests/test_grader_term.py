@@ -9,9 +9,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,13 +29,7 @@ LESSON = "01_setup"
 FLAG = "flagged for review: cell 'is_cat': line 1: reads the grading environment"
 
 
-def course_command(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "grader", *args], env=env, capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
-    if check:
-        assert done.returncode == 0, (done.stdout, done.stderr)
-    return done
+course_command = classroom.course_command
 
 
 def commit(course: Course, student: str, status: str = "graded", failing: tuple[str, ...] = (),

@@ -148,3 +148,14 @@ def commit_result(course: Path, lesson: str, student: str, status: str = "graded
     parts = key_parts(fingerprint(c.folder(c.submitted, student, lesson)), fingerprint_of_tests(c, lesson),
                       limits_fingerprint(Limits()))
     record(c, lesson, student, {lesson: nb}, status, list(reasons), result_key(parts), cells, parts)
+
+
+def course_command(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real `course` command (`python -m grader ARGS`), as an instructor runs it; asserts success if `check`."""
+    import os
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "grader", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if check:
+        assert done.returncode == 0, (done.stdout, done.stderr)
+    return done
