@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 from .assemble import normalise_name
 from .gradebook import Course, CourseError, check_lesson
-from .late import HANDIN_FILE      # beside timestamp.txt: the hand-in time, where it came from, the file
+from .late import notebook_hash, record_path
 from .roster import Roster, check_id, id_from_name
 
 MAX_FILE_BYTES = 64 << 20          # one notebook (or nested zip) read from an archive
@@ -314,6 +314,17 @@ def _consider(entry: _Entry, lesson: str, notebooks: list[str], lessons: set[str
         chosen[key] = (rank, entry)
 
 
+def _record_hand_in(course: Course, sid: str, lesson: str, entry: _Entry, data: bytes) -> None:
+    """The hand-in time, where it came from and the notebook's hash, outside submitted/ (late work reads it)."""
+    path = _inside(course, record_path(course.root, sid, lesson))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"time": entry.when.isoformat(), "source": entry.source, "file": entry.origin,
+                               "sha256": notebook_hash(data),
+                               "lms_late_mark": bool(_CANVAS_LATE.search(entry.parts[-1]))}, indent=1))
+    os.replace(tmp, path)
+
+
 def _existing_time(folder: Path, path: Path) -> datetime.datetime:
     from nbgrader.utils import parse_utc
     try:
@@ -362,8 +373,6 @@ def _place(course: Course, lesson: str, sid: str, notebook: str, entry: _Entry, 
     tmp.mkdir(parents=True)
     (tmp / target.name).write_bytes(data)
     (tmp / "timestamp.txt").write_text(entry.when.strftime(TIMESTAMP_FORMAT))
-    (tmp / HANDIN_FILE).write_text(json.dumps({
-        "time": entry.when.isoformat(), "source": entry.source, "file": entry.origin,
-        "lms_late_mark": bool(_CANVAS_LATE.search(entry.parts[-1]))}, indent=1))
     os.replace(tmp, folder)
+    _record_hand_in(course, sid, lesson, entry, data)
     report.placed.append(Placed(sid, entry.origin, target, entry.when, note))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from .gradebook import NOT_GRADED, Course, Outcome
-from .late import CourseConfig, lateness, read_config
+from .late import CourseConfig, lateness, read_config, record_path
 from .review import Decision, latest
 
 
@@ -38,7 +38,8 @@ def final_grade(course: Course, o: Outcome, decision: Decision | None, config: C
     if held:
         notes.append("flagged and not reviewed yet" + (": included on request, unreviewed" if include_unreviewed
                                                          else ": held back until `course review` decides"))
-    late = lateness(config, o.assignment, o.student_id, course.folder(course.submitted, o.student_id, o.assignment))
+    late = lateness(config, o.assignment, o.student_id, course.folder(course.submitted, o.student_id, o.assignment),
+                    record_path(course.root, o.student_id, o.assignment))
     if late is not None and o.status != "missing":
         score = late.apply(score, o.max_score or 0.0)
         notes.append("late: " + late.describe(config.policy))

@@ -10,8 +10,10 @@
     cap_percent = 50                        # never more than this in all
     refuse_after_days = 7                   # later than this: 0 points (leave out: never refused)
 
-The hand-in time is what `course collect` recorded (`handin.json`: the time stored in the LMS
-download's zip, or the file's modification time, and which one), else nbgrader's `timestamp.txt`
+The hand-in time is what `course collect` recorded (`handins/<id>/<lesson>.json` in the course
+folder, where no submission can write: the time stored in the LMS download's zip, or the file's
+modification time, which one, and the placed notebook's hash, so a record stops applying when the
+notebook is replaced by other means), else nbgrader's `timestamp.txt`
 (what `nbgrader submit` or `collect` wrote), else the notebook file's modification time; which one
 was used is reported with the deduction. The policy is applied where grades leave (export, the
 feedback page), never to the gradebook's computed score.
@@ -20,13 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import tomllib
 from pathlib import Path
 
 CONFIG = "course.toml"
-HANDIN_FILE = "handin.json"
+HANDINS = "handins"          # <course>/handins/<id>/<lesson>.json: collect's record, outside submitted/
 _POLICY_KEYS = {"grace_minutes", "per_day_percent", "cap_percent", "refuse_after_days"}
 
 
@@ -170,15 +173,26 @@ def _policy(table: dict, path: Path) -> LatePolicy:
 
 
 # ----------------------------------------------------------------------------- when, and how late
-def hand_in_time(folder: Path) -> HandIn | None:
-    """When the submission in `folder` was handed in: collect's record, nbgrader's timestamp, the file."""
+def record_path(course_root: str | Path, student: str, lesson: str) -> Path:
+    """Where `course collect` records a submission's hand-in time (outside submitted/, which students fill)."""
+    return Path(course_root) / HANDINS / student / f"{lesson}.json"
+
+
+def notebook_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hand_in_time(folder: Path, record: Path | None = None) -> HandIn | None:
+    """When the submission in `folder` was handed in: collect's `record` (if it is of the notebook now
+    in the folder), nbgrader's timestamp, the file. Nothing in `folder` itself is read as collect's."""
     from nbgrader.utils import parse_utc
     try:
-        record = json.loads((folder / HANDIN_FILE).read_text())
-        when = datetime.datetime.fromisoformat(record["time"])
-        if when.tzinfo is not None:
-            return HandIn(when, f"{record.get('source', 'course collect')}, recorded by course collect",
-                          bool(record.get("lms_late_mark")))
+        data = json.loads(record.read_text()) if record is not None else {}
+        when = datetime.datetime.fromisoformat(data["time"])
+        placed = {notebook_hash(p.read_bytes()) for p in folder.glob("*.ipynb") if p.is_file()}
+        if when.tzinfo is not None and data.get("sha256") in placed:
+            return HandIn(when, f"{data.get('source', 'course collect')}, recorded by course collect",
+                          bool(data.get("lms_late_mark")))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
@@ -193,12 +207,13 @@ def hand_in_time(folder: Path) -> HandIn | None:
     return HandIn(datetime.datetime.fromtimestamp(newest, datetime.timezone.utc), "the notebook file's modification time")
 
 
-def lateness(config: CourseConfig, lesson: str, student: str, folder: Path) -> Lateness | None:
+def lateness(config: CourseConfig, lesson: str, student: str, folder: Path,
+             record: Path | None = None) -> Lateness | None:
     """How late this submission is (None: no due date, nothing handed in, or on time)."""
     due, extended = config.due_for(lesson, student)
     if due is None:
         return None
-    handed = hand_in_time(folder)
+    handed = hand_in_time(folder, record)
     if handed is None:
         return None
     seconds = (handed.time - due).total_seconds()

@@ -17,7 +17,7 @@ import pytest
 
 from grader import gradebook, review
 from grader.gradebook import Course, outcome
-from grader.late import ConfigError, read_config
+from grader.late import ConfigError, notebook_hash, read_config, record_path
 from grader.layout import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -167,10 +167,12 @@ def test_a_result_graded_under_other_tests_is_stale_and_counted(course):
 
 # ----------------------------------------------------------------------------- late work
 def hand_in_at(course: Path, student: str, when: str, source: str = "the time stored in the zip") -> None:
-    folder = course / "submitted" / student / LESSON
-    (folder / "handin.json").write_text(json.dumps({"time": when, "source": source, "file": "x.zip!x.ipynb"}))
-    c = Course.open(course)
-    commit(c, student, failing=("test_prob_cat",) if student == "partial" else ())
+    """What `course collect` records of a placed notebook: its time, where the time came from, its hash."""
+    notebook = course / "submitted" / student / LESSON / f"{LESSON}.ipynb"
+    record = record_path(course, student, LESSON)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"time": when, "source": source, "file": "x.zip!x.ipynb",
+                                  "sha256": notebook_hash(notebook.read_bytes())}))
 
 
 DUE = '[due]\n"01_setup" = 2026-12-10T23:59:00+01:00\n'
@@ -218,6 +220,24 @@ def test_a_config_that_does_not_parse_changes_nothing(course, config, message):
     assert out.read_text() == "before\n"
     with pytest.raises(ConfigError, match=message):
         read_config(course)
+
+
+def test_a_record_planted_in_the_submission_or_of_another_notebook_is_not_believed(course):
+    """A student's folder (nbgrader's exchange copies whatever is in it) can hold any file: only collect's
+    record outside submitted/ counts, and only for the notebook it was made for."""
+    (course / "course.toml").write_text(DUE + POLICY)
+    folder = course / "submitted" / "honest" / LESSON
+    (folder / "timestamp.txt").write_text("2026-12-12 22:00:00.000000 UTC")          # two started days late
+    (folder / "handin.json").write_text(json.dumps({"time": "2026-12-01T00:00:00+00:00", "source": "me",
+                                                    "sha256": notebook_hash((folder / f"{LESSON}.ipynb").read_bytes())}))
+    commit(Course.open(course), "honest")
+    assert export_all(course)[0]["honest"][LESSON] == "4.8"
+    hand_in_at(course, "honest", "2026-12-01T00:00:00+00:00")                        # collect's: on time
+    assert export_all(course)[0]["honest"][LESSON] == "6.0"
+    classroom.hand_in(course, "honest", LESSON, classroom.submission(LESSON, "partly"))   # replaced since
+    (folder / "timestamp.txt").write_text("2026-12-12 22:00:00.000000 UTC")
+    commit(Course.open(course), "honest", failing=("test_prob_cat",))
+    assert export_all(course)[0]["honest"][LESSON] == "2.8"                         # 4 - 20 % of 6: the record is stale
 
 
 def test_without_a_hand_in_record_the_timestamp_file_then_the_file_time_is_used(course):
