@@ -62,7 +62,7 @@ def build(folder: Path, lesson: str, students: int, root: Path) -> Path:
 
 def timed_grade(reference: Path, scratch: Path, lesson: str, workers: int) -> tuple[float, dict, str]:
     """Grade a fresh copy of `reference`; seconds, per-cell scores and the rows' statuses."""
-    from grader import grade
+    from grader.grade import grade
     if scratch.exists():
         shutil.rmtree(scratch)
     shutil.copytree(reference, scratch)

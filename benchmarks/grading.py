@@ -1,27 +1,37 @@
-"""Grade one synthetic class with serial `nbgrader autograde` and with `course grade`, in one run.
+"""What one `course grade` call costs against serial `nbgrader autograde`, cold and warm, in one run.
 
-    PYTHONPATH=. python benchmarks/grading.py [--students 6] [--workers 2] [--lessons 01_setup ...]
+    PYTHONPATH=. python benchmarks/grading.py [--workers 2] [--only 6 24 all ps1] [--baseline CHECKOUT]
 
-The class: every lesson × N students cycling through correct, partly wrong (last exercise left
-blank) and blank notebooks (tools/classroom.py; metadata-stripped ones are left out because plain
-nbgrader crashes on them). Two copies of the same course (gradebook generated, nothing graded) are
-graded: one by `nbgrader autograde LESSON` for each lesson (a real kernel per notebook, one after
-another), one by `grader.grade` on all lessons at once with N sandboxed workers
-(what `course grade --all --workers N` runs). Printed: seconds per notebook for both and their
-ratio; the floor, i.e. the lessons' own cell time (measured inside the sandboxed runs, where the
-imports are already paid) divided by the workers; whether the per-cell scores are identical; peak
-memory (proportional set size, so pages a fork shares are counted once) of the largest worker and
-of everything together. Setup (generating the assignments, training the default model) is not
-timed. Run it on an otherwise idle machine.
+Four calls an instructor makes, each graded three ways on copies of the same course (gradebook
+generated, nothing graded):
+
+- `one lesson × 6` and `one lesson × 24`: lesson 02 for 6 and 24 students cycling through correct,
+  partly wrong and blank notebooks (tools/classroom.py);
+- `every lesson in one call`: the eleven lessons × 3 students;
+- `ps1`: nbgrader's own example course (plain Python, its two students), shipped with nbgrader.
+
+The three ways: serial `nbgrader autograde` per lesson (a real kernel per notebook); `course grade`
+**cold** (no warm pool running: the call starts one, its workers import what the lessons import);
+`course grade` **warm** (the same call again on a fresh copy: the pool from the cold call is reused).
+Each `course grade` call is a fresh Python process (`python benchmarks/grading.py --call …`, which
+runs what `course grade` runs) timed whole, start-up included; the pool lives in a folder of the
+benchmark's own. `--baseline CHECKOUT` adds a cold call of another checkout's `python -m grader
+grade` (e.g. the commit before the warm pool) on the same copies.
+
+Printed per row: seconds, the ratio to nbgrader and to the floor (the lessons' own cell time,
+measured inside the sandboxed runs, ÷ workers). From the 6- and 24-student rows: the marginal
+seconds per notebook, (t24 − t6) / 18, and the fixed cost of a call, t − students × marginal.
+Per-cell scores must be identical to nbgrader's. Run it on an otherwise idle machine (about 20 minutes).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,10 +42,12 @@ import classroom  # noqa: E402
 from release import lessons as all_lessons  # noqa: E402
 
 CYCLE = ("correct", "partly", "blank", "correct", "partly", "correct")   # all gradable by plain nbgrader
+LESSON = "02_forward_hooks"
 
 
+# ----------------------------------------------------------------------------- the courses
 def build(folder: Path, lessons: list[str], students: int) -> Path:
-    """A course with every lesson generated and `students` submissions per lesson."""
+    """A course with the lessons generated and `students` submissions per lesson."""
     course = classroom.new_course(folder, lessons)
     for lesson in lessons:
         for k in range(students):
@@ -43,143 +55,141 @@ def build(folder: Path, lessons: list[str], students: int) -> Path:
     return course
 
 
-# ----------------------------------------------------------------------------- memory of a process tree
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            tree.setdefault(ppid, []).append(int(p.name))
-    return tree
+# ----------------------------------------------------------------------------- the graders
+def serial_nbgrader(course: Path, lessons: list[str]) -> float:
+    start = time.perf_counter()
+    for lesson in lessons:
+        classroom.nbgrader(course, "autograde", lesson, "--create", "--force")
+    return time.perf_counter() - start
 
 
-def _pss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+def course_grade(course: Path, lessons: list[str], workers: int, pool_dir: Path) -> tuple[float, dict]:
+    """One `course grade` call in a fresh Python: (wall seconds, what its report says)."""
+    env = {**os.environ, "COURSE_POOL_DIR": str(pool_dir),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("COURSE_POOL", None)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--call", str(course), "--workers", str(workers),
+                           *lessons], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"course grade failed:\n{done.stderr[-3000:]}")
+    return seconds, json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+def baseline_grade(checkout: Path, course: Path, lessons: list[str], workers: int) -> float:
+    """A call of another checkout's `python -m grader grade` (its own environment variables aside)."""
+    env = {**os.environ, "PYTHONPATH": str(checkout), "COURSE_POOL": "off"}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "grader", "grade", *lessons, "--course", str(course),
+                           "--workers", str(workers), "--quiet"], env=env, cwd=str(checkout), capture_output=True,
+                          text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"the baseline's course grade failed:\n{done.stderr[-3000:]}")
+    return seconds
 
 
-class MemorySampler:
-    """Samples, every `every` seconds, the PSS of this process's descendants: in total, and per
-    subtree rooted at a process whose command line contains `marker` (a worker or a kernel)."""
-
-    # Each reading walks the page tables of every process (15-60 ms for one that has torch imported):
-    # every 0.25 s, that took a share of a core from the graders being timed.
-    def __init__(self, marker: str, every: float = 1.0):
-        self.marker, self.every = marker, every
-        self.peak_total = self.peak_unit = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _subtree(self, tree: dict, pid: int) -> list[int]:
-        out, todo = [], [pid]
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            todo.extend(tree.get(p, []))
-        return out
-
-    def _run(self) -> None:
-        me = os.getpid()
-        while not self._stop.is_set():
-            tree = _children()
-            procs = self._subtree(tree, me)
-            pss = {p: _pss(p) for p in procs}
-            self.peak_total = max(self.peak_total, sum(pss.values()))
-            for p in procs:
-                if p != me and self.marker in _cmdline(p):
-                    self.peak_unit = max(self.peak_unit, sum(pss.get(q, 0) for q in self._subtree(tree, p)))
-            self._stop.wait(self.every)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+def one_call(course: Path, lessons: list[str], workers: int) -> None:
+    """`--call`: what `course grade LESSONS --workers N --quiet` runs, with the report as JSON."""
+    from grader import cli
+    cli._light_imports()
+    import warnings
+    warnings.filterwarnings("ignore")
+    from grader.grade import grade
+    report = grade(lessons, course, workers=workers, progress=False, log=lambda m: None, pool=None)
+    print(json.dumps({"cell_seconds": report.cell_seconds, "notebooks": report.notebooks,
+                      "statuses": sorted({r.status for r in report.results})}))
 
 
-# ----------------------------------------------------------------------------- the two graders
-def serial_nbgrader(course: Path, lessons: list[str]) -> tuple[float, MemorySampler]:
-    with MemorySampler("ipykernel") as memory:
-        start = time.perf_counter()
-        for lesson in lessons:
-            classroom.nbgrader(course, "autograde", lesson, "--create", "--force")
-        seconds = time.perf_counter() - start
-    return seconds, memory
+# ----------------------------------------------------------------------------- one row
+def measure(name: str, reference: Path, lessons: list[str], students: int, workers: int, base: Path,
+            pool_dir: Path, baseline: Path | None) -> dict:
+    from grader import pool
+    print(f"{name}: serial nbgrader autograde ...", flush=True)
+    copies = {way: base / f"{name}-{way}" for way in ("nbgrader", "cold", "warm", "baseline")}
+    for way, folder in copies.items():
+        if way != "baseline" or baseline:
+            shutil.copytree(reference, folder)
+    row = {"name": name, "students": students, "notebooks": students * len(lessons)}
+    row["nbgrader"] = serial_nbgrader(copies["nbgrader"], lessons)
+    if baseline:
+        print(f"{name}: baseline course grade (cold) ...", flush=True)
+        row["baseline"] = baseline_grade(baseline, copies["baseline"], lessons, workers)
+    pool.stop(pool_dir)
+    print(f"{name}: course grade, cold ...", flush=True)
+    row["cold"], cold = course_grade(copies["cold"], lessons, workers, pool_dir)
+    print(f"{name}: course grade, warm ...", flush=True)
+    row["warm"], warm = course_grade(copies["warm"], lessons, workers, pool_dir)
+    row["floor"] = warm["cell_seconds"] / workers
+    row["notebooks"] = warm["notebooks"]
+    expected = classroom.scores(copies["nbgrader"])
+    row["same"] = all(classroom.scores(copies[way]) == expected for way in ("cold", "warm", "baseline")
+                      if way != "baseline" or baseline)
+    return row
 
 
-def course_grade(course: Path, lessons: list[str], workers: int):
-    from grader import grade
-    with MemorySampler("grader.worker") as memory:
-        start = time.perf_counter()
-        report = grade(lessons, course, workers=workers, progress=False, log=lambda m: None)
-        seconds = time.perf_counter() - start
-    return seconds, report, memory
+def table(rows: list[dict], workers: int, baseline: Path | None) -> str:
+    head = ["call", "notebooks", "serial nbgrader", "cold", "warm"] + (["before (cold)"] if baseline else []) + \
+           ["cold vs nbgrader", "warm vs nbgrader", "cold / floor", "warm / floor", "floor", "same scores"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["name"], str(r["notebooks"]), f"{r['nbgrader']:.1f} s", f"{r['cold']:.1f} s", f"{r['warm']:.1f} s"]
+        cells += [f"{r['baseline']:.1f} s"] if baseline else []
+        cells += [f"{r['nbgrader'] / r['cold']:.1f}×", f"{r['nbgrader'] / r['warm']:.1f}×",
+                  f"{r['cold'] / r['floor']:.2f}×", f"{r['warm'] / r['floor']:.2f}×", f"{r['floor']:.1f} s",
+                  "yes" if r["same"] else "NO"]
+        lines.append("| " + " | ".join(cells) + " |")
+    by = {r["name"]: r for r in rows}
+    six, many = by.get("one lesson × 6"), by.get("one lesson × 24")
+    if six and many:
+        lines.append("")
+        ways = ["nbgrader", "cold", "warm"] + (["baseline"] if baseline else [])
+        for way in ways:
+            marginal = (many[way] - six[way]) / (many["notebooks"] - six["notebooks"])
+            fixed = [r[way] - r["notebooks"] * marginal for r in (six, many)]
+            lines.append(f"{way}: marginal {marginal:.2f} s / notebook; fixed cost of a call "
+                         f"{fixed[0]:.1f} s (from × 6), {fixed[1]:.1f} s (from × 24)")
+    return "\n".join(lines)
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--call"]:
+        args = sys.argv[2:]
+        course, workers, lessons = Path(args[0]), int(args[2]), args[3:]
+        return one_call(course, lessons, workers)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--students", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--lessons", nargs="*", default=None)
+    parser.add_argument("--only", nargs="*", default=["6", "24", "all", "ps1"], choices=["6", "24", "all", "ps1"])
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout whose `python -m grader grade` to time too (cold), e.g. the commit before")
     parser.add_argument("--keep", type=Path, default=None, help="keep the graded courses in this folder")
     args = parser.parse_args()
-    if args.students < 1 or args.workers < 1:
-        parser.error("--students and --workers must be at least 1")
-    lessons = args.lessons or all_lessons()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     import warnings
     warnings.filterwarnings("ignore")
     from grader.grade import ensure_default_model
     ensure_default_model()                 # trained once and cached before timing (in a subprocess)
     base = Path(tempfile.mkdtemp(prefix="grading-bench-")) if args.keep is None else args.keep
-    print(f"building the class: {len(lessons)} lessons × {args.students} students in {base}", flush=True)
-    reference = build(base / "class", lessons, args.students)
-    by_nbgrader = base / "nbgrader"
-    by_course = base / "course"
-    shutil.copytree(reference, by_nbgrader)
-    shutil.copytree(reference, by_course)
-    notebooks = len(lessons) * args.students
-
-    print("grading with serial nbgrader autograde ...", flush=True)
-    t_nbgrader, mem_nbgrader = serial_nbgrader(by_nbgrader, lessons)
-    print(f"grading with course grade --workers {args.workers} ...", flush=True)
-    t_course, report, mem_course = course_grade(by_course, lessons, args.workers)
-
-    same = classroom.scores(by_nbgrader) == classroom.scores(by_course)
-    floor = report.cell_seconds / args.workers
-    mb = lambda b: f"{b / 2 ** 20:,.0f} MB"  # noqa: E731
-    print(f"\n{os.cpu_count()} CPU cores, Python {sys.version.split()[0]}; {notebooks} notebooks "
-          f"({len(lessons)} lessons × {args.students} students)\n")
-    print("| grader | total s | s / notebook | vs nbgrader | peak memory, one worker/kernel | peak memory, total |")
-    print("|---|---|---|---|---|---|")
-    print(f"| serial `nbgrader autograde` | {t_nbgrader:.1f} | {t_nbgrader / notebooks:.2f} | 1× | "
-          f"{mb(mem_nbgrader.peak_unit)} | {mb(mem_nbgrader.peak_total)} |")
-    print(f"| `course grade --workers {args.workers}` | {t_course:.1f} | {t_course / notebooks:.2f} | "
-          f"{t_nbgrader / t_course:.1f}× faster | {mb(mem_course.peak_unit)} | {mb(mem_course.peak_total)} |")
-    print(f"| floor: cell time ÷ {args.workers} workers | {floor:.1f} | {floor / notebooks:.2f} | "
-          f"course grade is {t_course / floor:.2f}× the floor | | |")
-    print(f"\nidentical per-cell scores: {'yes' if same else 'NO'}; statuses: "
-          + ", ".join(f"{s} {report.count(s)}" for s in ("graded", "flagged", "missing", "failed")))
+    pool_dir = base / "pool"
+    pool_dir.mkdir(mode=0o700, parents=True)
+    rows = []
+    try:
+        plan = {"6": ("one lesson × 6", [LESSON], 6), "24": ("one lesson × 24", [LESSON], 24),
+                "all": ("every lesson in one call", all_lessons(), 3), "ps1": ("ps1", ["ps1"], 2)}
+        for choice in args.only:
+            name, lessons, students = plan[choice]
+            print(f"building {name} in {base}", flush=True)
+            reference = classroom.ps1_course(base / f"{name}-ref") if choice == "ps1" else build(base / f"{name}-ref", lessons, students)
+            rows.append(measure(name, reference, lessons, students, args.workers, base, pool_dir, args.baseline))
+    finally:
+        from grader import pool
+        pool.stop(pool_dir)
+    print(f"\n{os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, --workers {args.workers}\n")
+    print(table(rows, args.workers, args.baseline))
     if args.keep is None:
         shutil.rmtree(base, ignore_errors=True)
-    if not same:
+    if not all(r["same"] for r in rows):
         sys.exit(1)
 
 

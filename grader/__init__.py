@@ -12,17 +12,9 @@ with reasons), `gradebook` (nbgrader's gradebook and course folder), `grade` (th
 `feedback` (pages that explain), `overview` (grades of every lesson, status), the term — `review`
 (a person's decisions on flagged work), `late` (due dates and the late policy of `course.toml`),
 `final` (the grade that leaves: reviewed, then late), `similarity` (alike solutions, copydetect),
-`lms` (Canvas and Moodle files) —, `workflow` (all of it on the example class) and `cli`.
-"""
-from .collect import Collected, collect
-from .feedback import feedback
-from .gradebook import EXPORT_COLUMNS, NOT_GRADED, Course, CourseError, Outcome, export_rows, outcome
-from .grade import Report, Result, SandboxUnavailable, grade
-from .overview import grade_rows, status
-from .release import release
-from .roster import Roster, read_roster
-from .sandbox import Limits
+`lms` (Canvas and Moodle files) —, `pool` (warm workers that outlive a call), `workflow` (all of it on the
+example class) and `cli`.
 
-__all__ = ["grade", "export_rows", "Report", "Result", "Limits", "Course", "CourseError",
-           "SandboxUnavailable", "EXPORT_COLUMNS", "collect", "Collected", "feedback", "release",
-           "grade_rows", "status", "Roster", "read_roster", "outcome", "Outcome", "NOT_GRADED"]
+Importing the package imports none of them: `course status` must not pay for what `course grade`
+needs. Import what you use from its module, e.g. `from grader.grade import grade`.
+"""

@@ -19,6 +19,7 @@ DEFAULT_COURSE = layout.default_course()
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `course` command line; returns the exit code."""
+    _light_imports()
     parser = argparse.ArgumentParser(prog="course", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="the whole instructor workflow on the example class (what `make demo` runs)",
@@ -43,6 +44,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+# Optional libraries jsonschema imports for its format checker (URIs, dates, colours); nbformat
+# validates without one. rfc3987_syntax alone builds a grammar at import: 1-1.5 s.
+_FORMAT_CHECKER_EXTRAS = ("rfc3987_syntax", "rfc3987", "rfc3986_validator", "rfc3339_validator", "isoduration",
+                          "uri_template", "webcolors", "jsonpointer", "fqdn")
+
+
+def _light_imports() -> None:
+    """Keep the control process light (`course status` answers within a second): imports that cost
+    2.7 s and serve nothing here are skipped. jsonschema (under nbformat) imports the optional
+    libraries of its format checker if it can (`_FORMAT_CHECKER_EXTRAS`), which nothing here uses;
+    nbgrader's package `__init__` loads its Jupyter server extensions (jupyter_server, the
+    formgrader's handlers, nbconvert: 1.4 s) before `nbgrader.api` or `nbgrader.coursedir` can be
+    imported. The package is registered without running that `__init__`; every nbgrader module
+    imports as usual, and nbgrader's own commands (`make nbgrader`, the formgrader) are other
+    processes, untouched."""
+    for name in _FORMAT_CHECKER_EXTRAS:
+        sys.modules.setdefault(name, None)
+    if "nbgrader" in sys.modules:
+        return
+    import importlib
+    import importlib.util
+    spec = importlib.util.find_spec("nbgrader")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    sys.modules["nbgrader"] = importlib.util.module_from_spec(spec)
+    sys.modules["nbgrader"].__version__ = importlib.import_module("nbgrader._version").__version__
+
+
 def _figure(args: argparse.Namespace) -> int:
     from course_utils.figure import figure
     path = figure(args.out, online=args.online or None, index=args.index)
@@ -57,7 +86,7 @@ def _demo(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=".*not in session.*")
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be at least 1")
-    from . import SandboxUnavailable
+    from .grade import SandboxUnavailable
     try:
         done = run_example(args.out, workers=args.workers, log=lambda m: print(m, flush=True))
     except SandboxUnavailable as e:      # the example class has hostile notebooks: never run them unconfined
@@ -98,7 +127,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per notebook (default 600)")
     p.add_argument("--memory", type=int, default=4096, help="MB of memory per notebook run (default 4096)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-pool", action="store_true",
+                   help="start workers for this call only (default: lease them from your warm pool, which "
+                        "stays for --pool-idle minutes; also off with course.toml [workers] pool = false or "
+                        "COURSE_POOL=off)")
+    p.add_argument("--pool-idle", type=float, default=None, metavar="MINUTES",
+                   help="how long a warm pool started now stays when idle (default: course.toml [workers] "
+                        "idle_minutes, else 15)")
     p.set_defaults(run=_grade)
+    p = sub.add_parser("workers", help="your warm pool of grading workers: status, or stop it",
+                       description="`course grade` leases its workers from a pool of warm worker processes of "
+                                   "yours (they never run student code), which stays until it has been idle "
+                                   "for its idle time. status: what runs; stop: end it now.")
+    p.add_argument("action", choices=("status", "stop"), help="status or stop")
+    p.set_defaults(run=_workers)
     p = sub.add_parser("export", help="write the grades as CSV: every lesson (one row per student), or one lesson",
                        description="Without ASSIGNMENT (or with --all): one row per student of the roster and the "
                                    "gradebook, one score column per lesson plus total, as an LMS gradebook import "
@@ -185,25 +227,32 @@ def _collect(args: argparse.Namespace) -> int:
     if roster:
         import_roster(Course.open(args.course), roster)
     print(report.table())
+    if report.placed:          # the next step is `course grade LESSON`: its workers can import meanwhile
+        from .grade import prestart_pool
+        from .late import ConfigError
+        try:
+            if prestart_pool(args.course, [args.lesson], grade_limits(), log=lambda m: print(m, file=sys.stderr)):
+                print("warm pool: started for `course grade`; its workers are importing what the lesson needs")
+        except ConfigError as e:
+            print(f"warning: {e}", file=sys.stderr)
     return 0
 
 
 def _grade(args: argparse.Namespace) -> int:
     import warnings
-    from . import Limits, SandboxUnavailable, grade
+    from .grade import SandboxUnavailable, grade
     warnings.filterwarnings("ignore", module="nbgrader")       # SQLAlchemy notes from inside nbgrader's API
     warnings.filterwarnings("ignore", message=".*not in session.*")
     if args.cell_timeout <= 0 or args.timeout <= 0 or args.memory < 256:
         print("error: --cell-timeout and --timeout must be positive and --memory at least 256 (MB)", file=sys.stderr)
         return EXIT_USAGE
-    limits = Limits(cell_seconds=args.cell_timeout, notebook_seconds=args.timeout,
-                    memory_bytes=args.memory << 20, cpu_seconds=int(args.timeout * 1.5) + 30)
+    limits = grade_limits(args.cell_timeout, args.timeout, args.memory)
     try:
         assignments = _assignments(args)
         report = grade(assignments, args.course, workers=args.workers, force=args.force,
                        scheduler=args.scheduler, isolate=not args.no_sandbox, limits=limits,
                        progress=not args.quiet, log=lambda m: print(m, file=sys.stderr), without=args.without,
-                       students=args.student)
+                       students=args.student, pool=False if args.no_pool else None, pool_idle=args.pool_idle)
     except SandboxUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_SANDBOX
@@ -213,6 +262,40 @@ def _grade(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(_summary(report))
     return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    from . import pool
+    folder = pool.pool_dir()
+    if args.action == "stop":
+        print("warm pool stopped" if pool.stop(folder) else "no warm pool is running")
+        return 0
+    info = pool.status(folder)
+    if info is None:
+        print(f"no warm pool is running ({folder}); `course grade` starts one")
+        return 0
+    if info.get("answering") is False:
+        print(f"warm pool pid {info.get('pid')} does not answer: `course workers stop` ends it")
+        return 1
+    left = max(0.0, info["idle_seconds"] - info["idle_for"])
+    busy = sum(w["leased"] for w in info["workers"])
+    print(f"warm pool pid {info['pid']} in {folder}: {len(info['workers'])} workers ({busy} in use), "
+          f"{info['threads']} thread(s) each; " + (f"stops after {left / 60:.1f} more idle minutes" if not busy else "busy"))
+    for w in info["workers"]:
+        print(f"  worker pid {w['pid']}: {'ready' if w['ready'] else 'starting'}"
+              f"{', leased' if w['leased'] else ''}, {w['leases']} lease(s)")
+    if info.get("refused_connections"):
+        print(f"  refused connections: {info['refused_connections']} (see {folder / 'pool.log'})")
+    if info.get("broken"):
+        print(f"  not usable: {info['broken']}")
+    return 0
+
+
+def grade_limits(cell_timeout: float = 60.0, timeout: float = 600.0, memory_mb: int = 4096):
+    """The limits `course grade --cell-timeout --timeout --memory` grades under (its defaults without arguments)."""
+    from .sandbox import Limits
+    return Limits(cell_seconds=cell_timeout, notebook_seconds=timeout, memory_bytes=memory_mb << 20,
+                  cpu_seconds=int(timeout * 1.5) + 30)
 
 
 def _assignments(args: argparse.Namespace) -> list[str]:

@@ -431,6 +431,10 @@ class Examiner:
     def end_job(self) -> None:
         self._ask({"op": "end"})
 
+    def warm(self, modules: list[str]) -> None:
+        """Have the examiner import these modules too (`grader.warm`), before the tests that use them."""
+        self._ask({"op": "warm", "modules": list(modules)})
+
     def close(self) -> None:
         self._control.close()
         try:
@@ -457,6 +461,10 @@ def _serve(control: socket.socket, jobs_fd: int) -> int:
                 job = receive(jobs_fd, time.monotonic() + 60, 1 << 30) or {}
                 for setup in job.get("setup", {}).values():
                     setup_namespace(setup)                   # made once per worker and lesson
+                answer = {"ok": True}
+            elif request["op"] == "warm":
+                from . import warm
+                warm.import_all(warm.checked(request["modules"]))
                 answer = {"ok": True}
             elif request["op"] == "run":
                 name = request["notebook"]

@@ -134,8 +134,8 @@ def _child(cells: list[tuple[int, str | None]], skipped: dict[int, str], limits:
 
     A cell without source is a test the examiner runs: this process only answers its questions
     (`student_side`) and reports nothing about it."""
-    import torch
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:          # warmed for this lesson (OMP_NUM_THREADS covers a later import)
+        sys.modules["torch"].set_num_threads(threads)
     from execnb.shell import CaptureShell
     from .student_side import serve_test
     shell = CaptureShell(path=os.getcwd(), mpl_format="png")

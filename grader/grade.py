@@ -8,6 +8,8 @@ gradebook is written by this process alone, whichever runs the notebooks.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +30,8 @@ from .sandbox import LAYERS, Limits, describe, support
 from .reference import reference_flags
 from .scan import scan_cells
 from .score import executed, score_cells
-from .worker import Job, Worker, WorkerDied
+from . import warm
+from .worker import Job, LeasedWorker, Worker, WorkerDied
 
 OPTIONAL_LAYERS = ("landlock", "mount", "pid", "network")   # what `--without` may leave out
 
@@ -123,7 +126,7 @@ def _name_cell(a: Assembled, flag: str) -> str:
 
 
 def _job(p: _Prepared, course: Course, limits: Limits, threads: int, isolate: bool,
-         without: frozenset[str]) -> Job:
+         without: frozenset[str], modules: tuple[str, ...] = ()) -> Job:
     """The job for a worker: each notebook's code cells, its examined test cells apart (see `Job`)."""
     notebooks, setup, tests = {}, {}, {}
     for name, a in p.assembled.items():
@@ -134,7 +137,8 @@ def _job(p: _Prepared, course: Course, limits: Limits, threads: int, isolate: bo
             setup[name] = p.setups[name]
             tests[name] = [(i, _label(a, i), c.source) for i, c in cells if _is_test(c)]
     return Job(key=f"{p.assignment}/{p.student}", notebooks=notebooks, course_dir=str(course.root), limits=limits,
-               threads=threads, isolate=isolate, without=tuple(sorted(without)), setup=setup, tests=tests)
+               threads=threads, isolate=isolate, without=tuple(sorted(without)), setup=setup, tests=tests,
+               warm=modules)
 
 
 def _commit(course: Course, p: _Prepared, runs: dict[str, NotebookRun] | None, failure: str | None) -> Result:
@@ -176,29 +180,56 @@ def _commit_or_fail(course: Course, p: _Prepared, runs: dict[str, NotebookRun] |
 
 
 def ensure_default_model(log: Callable[[str], None] = print) -> None:
-    """Train the course's default model once, outside the sandbox, if no notebook could load it."""
+    """Train the course's default model once, outside the sandbox, if no notebook could load it.
+
+    Finding out imports torch (3 s), so the answer is remembered in the instructor's private pool
+    folder, keyed by this environment and code (`pool.environment_key`) and the cache folder: a later
+    call only checks that the weights file is still there."""
+    from . import pool
+    try:
+        memo = pool.private_dir(pool.pool_dir()) / "default-model.json"
+    except (pool.PoolError, OSError):
+        memo = None
+    key = f"{pool.environment_key()}:{layout.cache_dir()}"
+    try:
+        known = json.loads(memo.read_text()) if memo else {}
+        if known.get("key") == key and Path(known["file"]).is_file():
+            return
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     code = ("from course_utils.model import get_learner, model_cache_file, train_config;"
-            "import sys; f = model_cache_file(train_config());"
-            "sys.exit(0) if f.exists() else (print('training the default model once (about 40 s)', flush=True),"
-            " get_learner(online=False))")
+            "f = model_cache_file(train_config());"
+            "f.exists() or (print('training the default model once (about 40 s)', flush=True), get_learner(online=False));"
+            "print(f'model: {f}')")
     env = {**os.environ, "PYTHONPATH": layout.python_path(os.environ.get("PYTHONPATH"))}
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True)
-    if done.stdout.strip():
-        log(done.stdout.strip())
+    lines = done.stdout.strip().splitlines()
+    said = [line for line in lines if not line.startswith("model: ")]
+    if said:
+        log("\n".join(said))
     if done.returncode:
         raise RuntimeError(f"could not prepare the default model:\n{done.stderr[-2000:]}")
+    files = [line.removeprefix("model: ") for line in lines if line.startswith("model: ")]
+    if memo and files:
+        memo.write_text(json.dumps({"key": key, "file": files[-1]}))
 
 
 def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".", *,
           workers: int | None = None, force: bool = False, scheduler: str | None = None, isolate: bool = True,
           limits: Limits = Limits(), progress: bool = True, log: Callable[[str], None] = print,
-          without: Sequence[str] = (), students: Sequence[str] | None = None) -> Report:
+          without: Sequence[str] = (), students: Sequence[str] | None = None,
+          pool: bool | None = False, pool_idle: float | None = None) -> Report:
     """Grade every submission of one or more assignments in `course_dir`; see the module docstring.
 
     A submission is graded again when its result is stale: the submission, the lesson's released
     tests, the grader's version or the limits changed since (one fingerprint covers all four), or
     with `force`; `students` grades only those students, whatever their results say.
-    Several assignments share one pool of workers, so the imports are paid once per worker per run.
+    Several assignments share one pool of workers, so the imports are paid once per worker per run;
+    a worker imports what the assignments' notebooks import (`grader.warm`), and starts while the
+    submissions are read. `pool=None` leases the workers from the instructor's warm pool
+    (`grader.pool`) unless course.toml or $COURSE_POOL turn it off (`course grade` does that); True
+    uses it, False (the default) starts workers for this call only. `pool_idle` (minutes) is how
+    long a pool started now stays when idle. The pool is never used without the sandbox.
     The sandbox's layers are printed once (through `log`); a layer this machine cannot give stops the
     run with SandboxUnavailable unless it is named in `without` (`course grade --without LAYER`).
     """
@@ -227,23 +258,33 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
         log("sandbox: OFF (--no-sandbox): student code runs unconfined, with only per-process limits")
     start = time.monotonic()
     course = Course.open(course_dir)
+    from . import pool as warm_pool
+    choice = warm_pool.settings(course.root, pool, pool_idle)
+    modules = warm.modules_for([_lesson_folder(course, a) for a in assignments], choice.warm)
     report = Report(assignments)
     only = None if students is None else set(students)
-    todo = [p for a in assignments for p in _todo(course, a, force, report, limits, only, log)]
-    model = _in_background(ensure_default_model, log) if any(p.assembled for p in todo) else None
     n_workers = workers or os.cpu_count() or 1
     threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // n_workers)
-    runnable = [p for p in todo if p.assembled]
-    bar = _progress(len(todo), progress, ", ".join(assignments) if len(assignments) < 3 else f"{len(assignments)} lessons")
+    to_prepare = [t for a in assignments for t in _todo(course, a, force, report, limits, only, log)]
+    # the workers start (and import) now, while the submissions are read, checked and re-assembled
+    local = None if scheduler or not to_prepare else _WorkerPool(
+        min(n_workers, len(to_prepare)), _worker_factory(choice, isolate, n_workers, threads, limits, modules, log))
+    bar = None
     try:
+        todo = [prepare() for prepare in to_prepare]
+        uses_model = any(m == "course_utils" or m.startswith("course_utils.") for m in modules)
+        model = _in_background(ensure_default_model, log) if uses_model and any(p.assembled for p in todo) else None
+        runnable = [p for p in todo if p.assembled]
+        bar = _progress(len(todo), progress,
+                        ", ".join(assignments) if len(assignments) < 3 else f"{len(assignments)} lessons")
         for p in todo:
             if not p.assembled:                      # nothing to run: missing or unreadable
                 report.results.append(_commit(course, p, None, None))
                 bar.update(report)
-        jobs = [_job(p, course, limits, threads, isolate, without) for p in runnable]
+        jobs = [_job(p, course, limits, threads, isolate, without, modules) for p in runnable]
         by_key = {job.key: p for job, p in zip(jobs, runnable)}
         ready = model.result if model else (lambda: None)
-        run_all = _run_dask(scheduler, ready) if scheduler else _run_local(n_workers, threads, ready)
+        run_all = _run_dask(scheduler, ready, threads, modules) if scheduler else _run_local(local, ready)
         report.workers = 1 if scheduler else min(n_workers, max(1, len(jobs)))
         for key, runs, failure, rss in run_all(jobs):
             report.peak_worker_rss_bytes = max(report.peak_worker_rss_bytes, rss)
@@ -254,14 +295,60 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
             report.results.append(_commit_or_fail(course, by_key[key], runs, failure))
             bar.update(report)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        if local is not None:
+            local.close()
     report.seconds = time.monotonic() - start
     return report
 
 
+def _lesson_folder(course: Course, assignment: str) -> Path:
+    """Where the lesson's notebooks are read for their imports: the source, else the release."""
+    source = course.root / course.source / assignment
+    return source if source.is_dir() else course.root / course.release / assignment
+
+
+def prestart_pool(course_dir: str | os.PathLike, assignments: Sequence[str], limits: Limits,
+                  workers: int | None = None, log: Callable[[str], None] = print) -> Path | None:
+    """Start the warm pool a plain `course grade ASSIGNMENTS` would lease from, without waiting for its
+    workers (`course collect` calls this: they import while the instructor is still collecting).
+    Returns its folder, or None when the pool is off or cannot be had (said through `log`)."""
+    from . import pool as warm_pool
+    course = Course.open(course_dir)
+    choice = warm_pool.settings(course.root)
+    if not choice.enabled:
+        return None
+    n_workers = workers or os.cpu_count() or 1
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    modules = warm.modules_for([_lesson_folder(course, a) for a in assignments], choice.warm)
+    try:
+        key = warm_pool.pool_key(n_workers, threads, limits_fingerprint(limits))
+        return warm_pool.ensure_pool(key, n_workers, threads, modules, choice.idle_minutes, log)
+    except (warm_pool.PoolError, OSError) as e:
+        log(f"warm pool: not started ({e})")
+        return None
+
+
+def _worker_factory(choice, isolate: bool, n_workers: int, threads: int, limits: Limits,
+                    modules: tuple[str, ...], log: Callable[[str], None]) -> Callable[[], Worker]:
+    """How the call gets each worker: leased from the warm pool (`choice.enabled`, sandboxed runs only),
+    else a process of its own. A pool that cannot be had is said once, and the call goes on without."""
+    from . import pool as warm_pool
+    if choice.enabled and isolate:
+        try:
+            key = warm_pool.pool_key(n_workers, threads, limits_fingerprint(limits))
+            folder = warm_pool.ensure_pool(key, n_workers, threads, modules, choice.idle_minutes, log)
+            return lambda: LeasedWorker(folder, threads=threads, warm_modules=modules, log=log)
+        except (warm_pool.PoolError, OSError) as e:
+            log(f"warm pool: not used ({e}); this call starts its own workers")
+    return lambda: Worker(threads=threads, warm_modules=modules)
+
+
 def _todo(course: Course, assignment: str, force: bool, report: Report, limits: Limits,
-          only: set[str] | None = None, log: Callable[[str], None] = print) -> list[_Prepared]:
-    """The assignment's submissions that need grading, prepared; the unchanged ones go to `report.skipped`."""
+          only: set[str] | None = None, log: Callable[[str], None] = print) -> list[Callable[[], _Prepared]]:
+    """The assignment's submissions that need grading, each as the call that prepares it (read, match,
+    re-assemble, scan); the unchanged ones go to `report.skipped`."""
     names = ensure_assignment(course, assignment)
     releases = {n: release_notebook(course, assignment, n) for n in names}
     instructors = {n: instructor_cells(course, assignment, n) for n in names}
@@ -284,11 +371,17 @@ def _todo(course: Course, assignment: str, force: bool, report: Report, limits: 
         if not force and only is None and is_done(course, assignment, student, result_key(parts)):
             report.skipped.append((assignment, student))
             continue
-        p = _prepare(course, assignment, student, folder, names, releases, instructors, parts)
-        p.setups = setups
-        p.reasons.extend(IN_PROCESS for n in p.assembled if setups[n] is None)
-        todo.append(p)
+        todo.append(functools.partial(_prepared, course, assignment, student, folder, names, releases, instructors,
+                                      parts, setups))
     return todo
+
+
+def _prepared(course: Course, assignment: str, student: str, folder: Path, names: list[str], releases: dict,
+              instructors: dict, parts: dict[str, str], setups: dict) -> _Prepared:
+    p = _prepare(course, assignment, student, folder, names, releases, instructors, parts)
+    p.setups = setups
+    p.reasons.extend(IN_PROCESS for n in p.assembled if setups[n] is None)
+    return p
 
 
 IN_PROCESS = ("graded in-process: this notebook's test cells are not written for the examiner, so they ran "
@@ -374,17 +467,17 @@ class _WorkerPool:
     block) cancels the jobs not started and closes the workers, so running jobs end at once.
     """
 
-    def __init__(self, size: int, threads: int):
+    def __init__(self, size: int, make_worker: Callable[[], Worker]):
         self._owned = threading.local()
         self._workers: list[Worker] = []
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="course-grade-worker",
-                                            initializer=self._own_worker, initargs=(threads,))
+                                            initializer=self._own_worker, initargs=(make_worker,))
         # No thread is idle yet, so each submit starts one: every worker starts now, not at its first job.
         self._futures = [self._executor.submit(self._start) for _ in range(size)]
 
-    def _own_worker(self, threads: int) -> None:
+    def _own_worker(self, make_worker: Callable[[], Worker]) -> None:
         """Once in each pool thread, before its first task: the Worker it uses for every job."""
-        self._owned.worker = Worker(threads=threads)
+        self._owned.worker = make_worker()
         self._workers.append(self._owned.worker)
 
     def _start(self) -> None:
@@ -435,29 +528,31 @@ class _WorkerPool:
 def _close_all(workers: list[Worker]) -> None:
     """Close the workers side by side: a busy one may take seconds to stop."""
     with ThreadPoolExecutor(max(1, len(workers)), thread_name_prefix="course-grade-close") as closing:
-        list(closing.map(Worker.close, list(workers)))
+        list(closing.map(lambda worker: worker.close(), list(workers)))
 
 
-def _run_local(n_workers: int, threads: int, ready: Callable[[], None]):
-    """Run jobs on n local worker processes; yields (key, runs, failure, worker rss) as they finish.
-    The workers start (and pay their imports) while `ready()` is still preparing the model."""
+def _run_local(pool: "_WorkerPool | None", ready: Callable[[], None]):
+    """Run jobs on the call's workers (started already); yields (key, runs, failure, worker rss) as they
+    finish. The workers paid their imports while the submissions were read and `ready()` prepared the model."""
     def run_all(jobs: list[Job]) -> Iterator:
-        if not jobs:
+        if not jobs or pool is None:
             return
-        with _WorkerPool(min(n_workers, len(jobs)), threads) as pool:
-            ready()
-            for done in as_completed([pool.submit(job) for job in jobs]):
-                yield done.result()
+        ready()
+        for done in as_completed([pool.submit(job) for job in jobs]):
+            yield done.result()
     return run_all
 
 
-def _run_dask(address: str, ready: Callable[[], None]):
-    """Run jobs as Dask tasks on the cluster at `address`; the gradebook stays with this process."""
+def _run_dask(address: str, ready: Callable[[], None], threads: int = 1, modules: tuple[str, ...] = warm.BASE):
+    """Run jobs as Dask tasks on the cluster at `address`; the gradebook stays with this process.
+    Each Dask worker keeps one warm grading worker (`WarmWorkerPlugin`), paid once, not once per call."""
     def run_all(jobs: list[Job]) -> Iterator:
         from distributed import Client, as_completed
+        from .on_dask import WarmWorkerPlugin
         from .worker import run_on_this_machine
-        ready()
         with Client(address, timeout=30) as client:
+            client.register_plugin(WarmWorkerPlugin(threads, modules))   # warms while the model is prepared
+            ready()
             futures = {client.submit(run_on_this_machine, job.to_json(), job.tests_json(), pure=False,
                                      key=f"course-grade-{job.key}-{time.time_ns()}"): job.key for job in jobs}
             for future in as_completed(futures):

@@ -9,6 +9,7 @@ marks the submission as done for a resumed run.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -17,7 +18,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import nbformat
 from nbformat import NotebookNode
@@ -81,12 +82,45 @@ class Course:
                 if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")}
 
     def gradebook(self):
-        """nbgrader's Gradebook (it runs `alembic` from this Python's bin folder to create or upgrade it)."""
+        """nbgrader's Gradebook (it runs `alembic` from this Python's bin folder to create or upgrade it);
+        inside `one_gradebook()`, the one already open."""
         from nbgrader.api import Gradebook
+        if self.db_url in _open:
+            return _Borrowed(_open[self.db_url])
         here = str(Path(sys.executable).parent)
         if here not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = os.pathsep.join([here, os.environ.get("PATH", "")])
         return Gradebook(self.db_url)
+
+    @contextlib.contextmanager
+    def one_gradebook(self) -> Iterator[None]:
+        """Within this block every `gradebook()` of this course is one open Gradebook: a command that
+        reads it a dozen times (`course status`) opens it once (each open checks every table)."""
+        if self.db_url in _open or not _has_gradebook(self):
+            yield
+            return
+        with self.gradebook() as gb:
+            _open[self.db_url] = gb
+            try:
+                yield
+            finally:
+                del _open[self.db_url]
+
+
+_open: dict[str, Any] = {}         # db_url -> the Gradebook `Course.one_gradebook` holds open
+
+
+class _Borrowed:
+    """A Gradebook lent for a `with` block that must not close it."""
+
+    def __init__(self, gb):
+        self._gb = gb
+
+    def __enter__(self):
+        return self._gb
+
+    def __exit__(self, *exc) -> None:
+        pass
 
 
 def check_lesson(name: str) -> str:

@@ -122,9 +122,10 @@ def read_config(course_root: str | Path) -> CourseConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid TOML ({e}): fix that line") from None
-    unknown = set(data) - {"due", "extensions", "late"}
+    unknown = set(data) - {"due", "extensions", "late", "workers"}
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}: use [due], [extensions.ID], [late]")
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}: use [due], [extensions.ID], "
+                          "[late], [workers]")
     due = {lesson: _when(value, f"{path} [due] {lesson}") for lesson, value in _table(data, "due", path).items()}
     extensions = {}
     for student, lessons in _table(data, "extensions", path).items():
@@ -132,6 +133,18 @@ def read_config(course_root: str | Path) -> CourseConfig:
             raise ConfigError(f"{path}: [extensions.{student}] should be a table of lesson = due date")
         extensions[student] = {lesson: _when(v, f"{path} [extensions.{student}] {lesson}") for lesson, v in lessons.items()}
     return CourseConfig(due, extensions, _policy(_table(data, "late", path), path))
+
+
+def workers_table(course_root: str | Path) -> dict:
+    """course.toml's [workers] table as written (`grader.pool.settings` reads it); {} without one."""
+    path = Path(course_root) / CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid TOML ({e}): fix that line") from None
+    return _table(data, "workers", path)
 
 
 def _table(data: dict, name: str, path: Path) -> dict:

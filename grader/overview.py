@@ -138,6 +138,11 @@ class LessonStatus:
 def status(course_dir: str | os.PathLike = ".") -> list[LessonStatus]:
     """Every lesson of the course (its source folder) and where it stands."""
     course = Course.open(course_dir)
+    with course.one_gradebook():
+        return _status(course)
+
+
+def _status(course: Course) -> list[LessonStatus]:
     db = Path(course.db_url.removeprefix("sqlite:///"))
     in_gradebook = set(_lessons_in_gradebook(course)) if db.is_file() else set()
     exports = _exports(course)

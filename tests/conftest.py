@@ -13,6 +13,23 @@ import classroom  # noqa: E402
 from release import lessons  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_pool(tmp_path_factory):
+    """`course grade` in the tests leases from a warm pool of the test session's own (never the
+    instructor's real one), stopped when the session ends. Library calls of `grade()` use no pool."""
+    from grader import pool
+    folder = tmp_path_factory.mktemp("warm-pool")
+    os.chmod(folder, 0o700)
+    before = os.environ.get(pool.DIR_ENV)
+    os.environ[pool.DIR_ENV] = str(folder)
+    yield folder
+    pool.stop(folder)
+    if before is None:
+        os.environ.pop(pool.DIR_ENV, None)
+    else:
+        os.environ[pool.DIR_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def learn():
     """The course's default Learner (offline: compact_cnn on SynthPets, from the on-disk cache)."""

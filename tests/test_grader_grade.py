@@ -343,14 +343,18 @@ def test_an_interrupted_run_resumes_and_loses_nothing(small_class, tmp_path):
     deadline = time.monotonic() + 600
     while len(committed()) < 2 and grader.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    workers = children(grader.pid)
+    from grader import pool
+    workers = [w for w in children(grader.pid) if not pool._is_pool_process(w)]   # the pool is meant to stay
+    leased = [w["pid"] for w in (pool.status(pool.pool_dir()) or {}).get("workers", []) if w["leased"]]
     grader.send_signal(signal.SIGKILL)                    # the grader dies half-way, without warning
     grader.wait()
     before = committed()
     assert 2 <= len(before) < len(KINDS), before
     time.sleep(2)
-    assert not [w for w in workers if Path(f"/proc/{w}").exists() and "zombie" not in _state(w)], \
-        "the grader's workers outlived it"
+    alive = lambda pid: Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)  # noqa: E731
+    assert not [w for w in workers if alive(w)], "the grader's processes outlived it"
+    # the pool's worker that was running its job is killed and replaced, never handed to the next call
+    assert leased and not [w for w in leased if alive(w)], "the worker of the dead call is still running"
     # Everywhere an instructor looks, the students the run did not reach are "not graded", with the fix.
     unreached = set(KINDS) - set(before)
     halfway = export(course, tmp_path)
@@ -378,15 +382,25 @@ def _state(pid: int) -> str:
 
 
 def test_a_dask_cluster_gives_the_same_gradebook_as_the_local_pool(small_class, tmp_path):
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
     local = copy_course(small_class, tmp_path / "local")
     on_dask = copy_course(small_class, tmp_path / "dask")
     done = run_course("grade", LESSON, "--course", str(local), "--workers", "2", "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    grading_workers = lambda: sorted(w._proc.pid for w in __import__("grader.worker", fromlist=["_local"])  # noqa: E731
+                                     ._local.values() if w._proc is not None)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
         done = run_course("grade", LESSON, "--course", str(on_dask), "--scheduler", cluster.scheduler_address,
                           "--quiet")
-    assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, done.stderr[-3000:]
+        first = client.run(grading_workers)
+        again = run_course("grade", LESSON, "--course", str(copy_course(small_class, tmp_path / "again")),
+                           "--scheduler", cluster.scheduler_address, "--quiet")
+        assert again.returncode == 0, again.stderr[-3000:]
+        # each Dask worker warmed one grading worker (the plugin), and the second call found it running
+        assert all(len(pids) == 1 for pids in first.values()) and client.run(grading_workers) == first
+        assert classroom.scores(tmp_path / "again") == classroom.scores(on_dask)
     assert classroom.scores(on_dask) == classroom.scores(local)
     strip = lambda rows: {s: {k: v for k, v in r.items()} for s, r in rows.items()}  # noqa: E731
     assert strip(export(on_dask, tmp_path)) == strip(export(local, tmp_path))

@@ -8,7 +8,6 @@ The course ships inside the nbgrader package (its user guide), so the test needs
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,29 +19,16 @@ from grader.layout import ROOT
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
 
-STUDENTS = ("bitdiddle", "hacker")
-
-
-def user_guide() -> Path:
-    import nbgrader
-    return Path(nbgrader.__file__).parent / "docs" / "source" / "user_guide"
+STUDENTS = classroom.PS1_STUDENTS
 
 
 @pytest.fixture(scope="module")
 def ps1(tmp_path_factory) -> Path:
     """A fresh course folder holding ps1's source and the two example students' submissions."""
-    guide = user_guide()
-    if not (guide / "source" / "ps1").is_dir():
-        pytest.fail(f"nbgrader's example course is not at {guide}: this nbgrader ships no user guide")
-    course = tmp_path_factory.mktemp("ps1")
-    shutil.copytree(guide / "source" / "ps1", course / "source" / "ps1")
-    for student in STUDENTS:
-        shutil.copytree(guide / "submitted" / student / "ps1", course / "submitted" / student / "ps1")
-    (course / "nbgrader_config.py").write_text("c = get_config()\n")
-    classroom.nbgrader(course, "generate_assignment", "ps1", "--force")
-    for student in STUDENTS:
-        classroom.nbgrader(course, "db", "student", "add", student)
-    return course
+    try:
+        return classroom.ps1_course(tmp_path_factory.mktemp("ps1"))
+    except FileNotFoundError as e:
+        pytest.fail(str(e))
 
 
 def course_grade(course: Path) -> subprocess.CompletedProcess:

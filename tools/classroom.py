@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,26 @@ def new_course(folder: Path, lessons: list[str], root: Path = ROOT, generate: bo
     if generate:
         for lesson in lessons:
             nbgrader(folder, "generate_assignment", lesson, "--force")
+    return folder
+
+
+PS1_STUDENTS = ("bitdiddle", "hacker")
+
+
+def ps1_course(folder: Path) -> Path:
+    """nbgrader's own example course `ps1` (plain Python) with its two students' submissions, from the
+    user guide that ships inside the nbgrader package (no network), generated into a new course folder."""
+    import nbgrader as package
+    guide = Path(package.__file__).parent / "docs" / "source" / "user_guide"
+    if not (guide / "source" / "ps1").is_dir():
+        raise FileNotFoundError(f"nbgrader's example course is not at {guide}: this nbgrader ships no user guide")
+    shutil.copytree(guide / "source" / "ps1", folder / "source" / "ps1")
+    for student in PS1_STUDENTS:
+        shutil.copytree(guide / "submitted" / student / "ps1", folder / "submitted" / student / "ps1")
+    (folder / "nbgrader_config.py").write_text("c = get_config()\n")
+    nbgrader(folder, "generate_assignment", "ps1", "--force")
+    for student in PS1_STUDENTS:
+        nbgrader(folder, "db", "student", "add", student)
     return folder
 
 

@@ -6,9 +6,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
-"$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || {
+# One interpreter start (a pyenv shim costs 0.1-0.2 s each): checks 3.11 and prints what `--version` prints.
+version=$("$python" -c 'import platform, sys; assert sys.version_info[:2] == (3, 11); print("Python " + platform.python_version())' 2>/dev/null) || {
   echo "tools/venv.sh: needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 2; }
-key=$({ cat "$here/requirements.txt"; "$python" --version; uname -m; } | sha256sum | cut -c1-16)
+key=$({ cat "$here/requirements.txt"; echo "$version"; uname -m; } | sha256sum | cut -c1-16)
 root=${COURSE_VENV_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/cnn-cam-course}
 venv="$root/venv-$key"
 if [ ! -f "$venv/.complete" ]; then
