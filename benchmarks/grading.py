@@ -35,7 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from grader.layout import ROOT
+if sys.argv[1:2] == ["--call"]:          # a `course grade` call: the control process starts as the command's does
+    from grader import cli
+    cli._light_imports()
+from grader.layout import ROOT  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402
@@ -92,8 +95,6 @@ def baseline_grade(checkout: Path, course: Path, lessons: list[str], workers: in
 
 def one_call(course: Path, lessons: list[str], workers: int) -> None:
     """`--call`: what `course grade LESSONS --workers N --quiet` runs, with the report as JSON."""
-    from grader import cli
-    cli._light_imports()
     import warnings
     warnings.filterwarnings("ignore")
     from grader.grade import grade

@@ -157,7 +157,10 @@ def _warm(names, examiner: Examiner) -> None:
     todo = [n for n in warm.checked(names) if n not in _warmed]
     if todo:
         warm.import_all(todo)
-        examiner.warm(todo)
+        try:
+            examiner.warm(todo)
+        except (OSError, RuntimeError):    # an examiner that ended fails the job's tests, as it always did
+            pass
         _warmed.update(todo)
 
 
