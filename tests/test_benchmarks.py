@@ -86,11 +86,13 @@ def test_summary_ratios_pair_methods_within_a_round():
     assert math.isnan(no_floor["ours/floor"]) and no_floor["ours/peer"] == pytest.approx(0.9)
 
 
-def test_the_grading_benchmark_counts_the_memory_of_child_processes():
-    import subprocess
+def test_the_grading_benchmark_reads_marginal_and_fixed_cost_from_the_6_and_24_student_rows():
+    """Marginal = (t24 - t6) / 18 notebooks; fixed = t - notebooks x marginal, per way of grading."""
     from benchmarks import grading
-    code = "import time; x = bytearray(300 << 20); x[::4096] = b'1' * len(x[::4096]); time.sleep(2)"
-    with grading.MemorySampler(marker="bytearray(300", every=0.1) as memory:
-        subprocess.run([sys.executable, "-c", code], check=True)
-    assert memory.peak_unit >= 290 << 20                   # the marked child alone
-    assert memory.peak_total >= memory.peak_unit
+    row = lambda name, n, nbgrader, cold, warm: {"name": name, "notebooks": n, "nbgrader": nbgrader,  # noqa: E731
+                                                  "cold": cold, "warm": warm, "floor": n / 2, "same": True}
+    text = grading.table([row("one lesson × 6", 6, 66.0, 14.0, 8.0), row("one lesson × 24", 24, 246.0, 32.0, 26.0)],
+                         2, None)
+    assert "| one lesson × 6 | 6 | 66.0 s | 14.0 s | 8.0 s | 4.7× | 8.2× | 4.67× | 2.67× | 3.0 s | yes |" in text
+    assert "nbgrader: marginal 10.00 s / notebook; fixed cost of a call 6.0 s (from × 6), 6.0 s (from × 24)" in text
+    assert "warm: marginal 1.00 s / notebook; fixed cost of a call 2.0 s (from × 6), 2.0 s (from × 24)" in text
