@@ -267,6 +267,9 @@ def graded(request, tmp_path_factory, normal_user):
         canary_alive = canary.poll() is None
         left = escapees()
     finally:
+        # the hostile class was graded through the grader's warm pool (the default): stop it, as its user
+        subprocess.run([sys.executable, "-m", "grader", "workers", "stop"], env=grader_env(home, tmp, secret),
+                       cwd=str(home), capture_output=True, text=True, timeout=60, **run_as)
         canary.kill()
         canary.wait()
         secret_file.unlink()
@@ -342,8 +345,12 @@ def test_no_pathname_socket_no_other_students_folder(graded):
 
 def test_no_student_process_or_scratch_folder_is_left(graded):
     assert graded["escapees"] == [], "a double-forked, setsid process survived the run"
-    left = [p.name for p in graded["tmp"].iterdir() if not p.name.startswith("torchinductor_")]  # torch's cache
+    # torch's cache, and the warm pool's folder (its socket is gone once `course workers stop` ran) may stay
+    kept = ("torchinductor_", "cnn-cam-course-pool-")
+    left = [p.name for p in graded["tmp"].iterdir() if not p.name.startswith(kept)]
     assert left == [], "the grader left its scratch folders behind"
+    pools = [p for p in graded["tmp"].iterdir() if p.name.startswith("cnn-cam-course-pool-")]
+    assert pools and not [p for p in pools if (p / "pool.sock").exists()], "the class was graded without a pool, or it still runs"
 
 
 # Finding 5: the memory limit is per process, not per notebook.
