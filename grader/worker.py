@@ -284,16 +284,26 @@ class LeasedWorker(Worker):
         self._state = threading.Lock()
 
     def start(self) -> None:
+        """Hold a live leased worker (a new lease if the one held has ended), else start an own one."""
         if self._own:
             return super().start()
-        if self._lease is None:
-            from .pool import Lease, PoolError
+        from .pool import Lease, PoolError
+        for _ in range(3):
+            if self._lease is not None and not select.select([self._lease.from_worker], [], [], 0)[0]:
+                return                   # an idle worker says nothing: readable means it ended
+            if self._lease is not None:
+                self.close()             # the pool sees it dead and replaces it
             try:
                 self._lease = Lease(self._folder)
             except (PoolError, OSError, ValueError) as e:
                 self._say(f"warm pool: no worker from it ({e}); starting one for this call")
-                self._own = True
-                super().start()
+                break
+        else:
+            self._say("warm pool: its workers keep ending; starting one for this call")
+        if self._lease is not None:
+            self.close()
+        self._own = True
+        super().start()
 
     def _fds(self) -> tuple[int, int]:
         if self._own:

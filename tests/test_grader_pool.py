@@ -188,6 +188,23 @@ def test_a_killed_worker_and_a_caller_that_crashed_mid_job_are_replaced(folder):
     assert "lease ended in the middle of a job" in (where / "pool.log").read_text()
 
 
+def test_a_leased_worker_that_ended_between_jobs_is_traded_for_a_live_one(folder):
+    """Does a call that holds a worker which dies before its next job lease another, not fail the job?"""
+    from grader.worker import LeasedWorker
+    where = small_pool()
+    wait_ready(where)
+    worker = LeasedWorker(where, threads=1)
+    worker.start()
+    first = worker._lease.pid
+    os.kill(first, signal.SIGKILL)
+    time.sleep(0.5)
+    try:
+        worker.start()                                   # what run() does before sending a job
+        assert not worker._own and worker._lease.pid not in (0, first)
+    finally:
+        worker.close()
+
+
 def _next_worker(where: Path, old: int) -> int:
     """The pid of the ready worker that replaced `old`."""
     deadline = time.monotonic() + 120
