@@ -216,7 +216,10 @@ def stop(folder: Path, log: Callable[[str], None] = lambda m: None) -> bool:
         while _is_pool_process(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if _is_pool_process(pid):
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     for name in ("pool.sock", "pool.json"):
         try:
             (folder / name).unlink()
