@@ -264,7 +264,7 @@ def grade(assignments: str | Sequence[str], course_dir: str | os.PathLike = ".",
     report = Report(assignments)
     only = None if students is None else set(students)
     n_workers = workers or os.cpu_count() or 1
-    threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // n_workers)
+    threads = 1 if scheduler else _threads(n_workers)
     to_prepare = [t for a in assignments for t in _todo(course, a, force, report, limits, only, log)]
     # the workers start (and import) now, while the submissions are read, checked and re-assembled
     local = None if scheduler or not to_prepare else _WorkerPool(
@@ -320,14 +320,25 @@ def prestart_pool(course_dir: str | os.PathLike, assignments: Sequence[str], lim
     if not choice.enabled:
         return None
     n_workers = workers or os.cpu_count() or 1
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
     modules = warm.modules_for([_lesson_folder(course, a) for a in assignments], choice.warm)
     try:
-        key = warm_pool.pool_key(n_workers, threads, limits_fingerprint(limits))
-        return warm_pool.ensure_pool(key, n_workers, threads, modules, choice.idle_minutes, log)
+        return _pool_for(choice, n_workers, _threads(n_workers), limits, modules, log)
     except (warm_pool.PoolError, OSError) as e:
         log(f"warm pool: not started ({e})")
         return None
+
+
+def _threads(n_workers: int) -> int:
+    """Torch threads per local worker: the cores shared out."""
+    return max(1, (os.cpu_count() or 1) // n_workers)
+
+
+def _pool_for(choice, n_workers: int, threads: int, limits: Limits, modules: tuple[str, ...],
+              log: Callable[[str], None]) -> Path:
+    """The folder of the warm pool for these settings (started, or replaced, if need be)."""
+    from . import pool as warm_pool
+    key = warm_pool.pool_key(n_workers, threads, limits_fingerprint(limits))
+    return warm_pool.ensure_pool(key, n_workers, threads, modules, choice.idle_minutes, log)
 
 
 def _worker_factory(choice, isolate: bool, n_workers: int, threads: int, limits: Limits,
@@ -337,8 +348,7 @@ def _worker_factory(choice, isolate: bool, n_workers: int, threads: int, limits:
     from . import pool as warm_pool
     if choice.enabled and isolate:
         try:
-            key = warm_pool.pool_key(n_workers, threads, limits_fingerprint(limits))
-            folder = warm_pool.ensure_pool(key, n_workers, threads, modules, choice.idle_minutes, log)
+            folder = _pool_for(choice, n_workers, threads, limits, modules, log)
             return lambda: LeasedWorker(folder, threads=threads, warm_modules=modules, log=log)
         except (warm_pool.PoolError, OSError) as e:
             log(f"warm pool: not used ({e}); this call starts its own workers")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -77,8 +78,10 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=1)
 def environment_key() -> str:
-    """This Python, its installed packages and the code a worker runs (grader, course_utils), hashed."""
+    """This Python, its installed packages and the code a worker runs (grader, course_utils), hashed
+    (once per process: the pool's key and the default-model memo both use it)."""
     from . import layout
     h = hashlib.sha256(json.dumps([os.path.realpath(sys.executable), sys.version, os.getuid()]).encode())
     for where in sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}):

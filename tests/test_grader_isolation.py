@@ -133,6 +133,14 @@ try:
     found['socket'] = 'CONNECTED'
 except OSError as e:
     found['socket'] = type(e).__name__
+try:                                       # the grader's warm pool: ask it for a worker's pipes
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(POOL_SOCKET)
+    s.send(json.dumps({'op': 'lease'}).encode())
+    data, fds, _, _ = socket.recv_fds(s, 1 << 16, 2)
+    found['pool'] = 'LEASED' if fds else 'ANSWERED ' + data.decode(errors='replace')
+except OSError as e:
+    found['pool'] = type(e).__name__
 for path in OTHERS:
     try:
         os.stat(path)
@@ -246,12 +254,14 @@ def graded(request, tmp_path_factory, normal_user):
     secret_file.write_text("root's 0600 secret")
     os.chmod(secret_file, 0o600)
     secret = "tok-" + secrets.token_hex(12)
+    pool = tmp / f"cnn-cam-course-pool-{user.uid if user else os.getuid()}"   # where `course grade` puts its pool
     build_class(course, {
         "SECRET": secret, "SOCKET": str(listener.path), "ESCAPEE": ESCAPEE,
         "PATHS": [str(secret_file), str(home / ".ssh" / "id_ed25519"), "/etc/shadow",
                   str(course / "gradebook.db"), str(course / "source" / LESSON / f"{LESSON}.ipynb")],
         "FOLDERS": [str(home), str(home / ".ssh"), "/root", str(course), "/run", str(tmp)],
-        "OTHERS": [str(course / "submitted" / "z_solver" / LESSON), str(course / "submitted"), str(base)]})
+        "OTHERS": [str(course / "submitted" / "z_solver" / LESSON), str(course / "submitted"), str(base), str(pool)],
+        "POOL_SOCKET": str(pool / "pool.sock")})
     if user:
         user.own(course), user.own(tmp)
         for p in (home, home / ".ssh", home / ".ssh" / "id_ed25519"):
@@ -339,7 +349,8 @@ def test_no_pathname_socket_no_other_students_folder(graded):
     found = probe(graded["course"], "d_roads")
     assert found["socket"] in ("FileNotFoundError", "PermissionError", "ConnectionRefusedError"), found
     assert graded["listener"].connections == 0
-    others = {k: v for k, v in found.items() if k != "socket"}
+    assert found["pool"] in ("FileNotFoundError", "PermissionError", "ConnectionRefusedError"), found
+    others = {k: v for k, v in found.items() if k not in ("socket", "pool")}
     assert others and not any(v.startswith("STAT") for v in others.values()), others
 
 
