@@ -143,6 +143,35 @@ def _send(conn: socket.socket, message: dict, fds: list[int] = ()) -> None:
     socket.send_fds(conn, [json.dumps(message).encode()], list(fds))
 
 
+def _refuse(conn: socket.socket, why: str) -> None:
+    """Tell a refused peer why, then close so that it reads the reason rather than a reset.
+
+    Closing a Unix socket with unread data resets the peer, and a reset is reported before the data
+    queued for it; so no more is taken from the peer (shutdown), what it sent is drained, then close."""
+    try:
+        _send(conn, {"refused": why})
+        conn.shutdown(socket.SHUT_RDWR)
+        while conn.recv(MAX_MESSAGE, socket.MSG_DONTWAIT):
+            pass
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def _request(conn: socket.socket, message: dict, timeout: float | None, nfds: int = 0) -> tuple[dict | None, list[int]]:
+    """Send one request and read the answer; a pool that refused this process may have shut the
+    connection before the request arrived, so the refusal queued for us is read even then."""
+    try:
+        _send(conn, message)
+    except (BrokenPipeError, ConnectionResetError) as sending:
+        answer, fds = _receive(conn, 0.5, nfds)
+        if answer is None:
+            raise sending
+        return answer, fds
+    return _receive(conn, timeout, nfds)
+
+
 def _receive(conn: socket.socket, timeout: float | None, nfds: int = 0) -> tuple[dict | None, list[int]]:
     """One message (None when the other end closed) and the descriptors it carried."""
     conn.settimeout(timeout)
@@ -177,8 +206,7 @@ def _connect(folder: Path, timeout: float = 5.0) -> socket.socket:
 def ask(folder: Path, message: dict, timeout: float = 5.0) -> dict:
     """One request to the pool in `folder`, one answer; raises PoolError (or OSError if nobody listens)."""
     with _connect(folder, timeout) as conn:
-        _send(conn, message)
-        answer, _ = _receive(conn, timeout)
+        answer, _ = _request(conn, message, timeout)
     if answer is None:
         raise PoolError("the warm pool closed the connection")
     if "refused" in answer:
@@ -298,8 +326,7 @@ class Lease:
     def __init__(self, folder: Path, timeout: float = LEASE_SECONDS):
         self._conn = _connect(folder)
         try:
-            _send(self._conn, {"op": "lease"})
-            answer, fds = _receive(self._conn, timeout, nfds=2)
+            answer, fds = _request(self._conn, {"op": "lease"}, timeout, nfds=2)
         except BaseException:
             self._conn.close()
             raise
@@ -412,11 +439,7 @@ class _Server:
         if why:
             self.refused += 1
             print(f"pool: refused a connection: {why}", flush=True)
-            try:
-                _send(conn, {"refused": why})
-            except OSError:
-                pass
-            conn.close()
+            _refuse(conn, why)
             return
         self.conns[conn] = None
 

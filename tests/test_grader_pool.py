@@ -51,8 +51,8 @@ def wait_ready(where: Path, timeout: float = 120) -> dict:
     raise AssertionError(f"the pool's workers were not ready within {timeout} s: {pool.status(where)}")
 
 
-def connect_as_child(where: Path, become) -> dict:
-    """Connect to the pool's socket from a forked child after `become()`; what happened, as a dict."""
+def in_child(become, action) -> dict:
+    """`action()` in a forked child after `become()`; what it returned or raised, as a dict."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -60,15 +60,7 @@ def connect_as_child(where: Path, become) -> dict:
         result = {}
         try:
             become()
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            conn.settimeout(10)
-            conn.connect(str(where / "pool.sock"))
-            try:
-                conn.send(json.dumps({"op": "lease"}).encode())
-            except OSError:                 # a refusing pool may have closed already; its answer is queued
-                pass
-            data = conn.recv(1 << 16)
-            result = {"answer": json.loads(data) if data else None}
+            result = {"answer": action()}
         except OSError as e:
             result = {"error": type(e).__name__}
         except BaseException as e:          # noqa: BLE001 - report anything to the parent
@@ -80,6 +72,21 @@ def connect_as_child(where: Path, become) -> dict:
         out = f.read()
     os.waitpid(pid, 0)
     return json.loads(out)
+
+
+def connect_as_child(where: Path, become) -> dict:
+    """Ask the pool for a worker over a raw socket from a child after `become()`."""
+    def ask_for_a_worker():
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conn.settimeout(10)
+        conn.connect(str(where / "pool.sock"))
+        try:
+            conn.send(json.dumps({"op": "lease"}).encode())
+        except OSError:                 # a refusing pool may have closed already; its answer is queued
+            pass
+        data = conn.recv(1 << 16)
+        return json.loads(data) if data else None
+    return in_child(become, ask_for_a_worker)
 
 
 def other_user_namespace() -> None:
@@ -126,15 +133,27 @@ def test_another_user_cannot_reach_it_and_is_refused_when_it_can(reachable_folde
     finally:
         os.chmod(where, 0o700)
         os.chmod(where / "pool.sock", 0o600)
-    assert answer["answer"] == {"refused": "uid 65534 is not the pool's owner"}
+    assert answer == {"answer": {"refused": "uid 65534 is not the pool's owner"}}
     assert pool.status(where)["refused_connections"] == 1
 
 
 def test_the_same_user_in_another_namespace_is_refused(folder):
     """A sandboxed notebook as a normal user is the instructor's uid in a user namespace of its own."""
     where = small_pool()
-    answer = connect_as_child(where, other_user_namespace)
-    assert answer["answer"] == {"refused": "the process is in another user namespace"}, answer
+    answers = [connect_as_child(where, other_user_namespace) for _ in range(20)]
+    # each is told why, even when the pool closed before the request arrived (it did reset the
+    # peer 29 times in 30 before refusals were drained)
+    assert answers == [{"answer": {"refused": "the process is in another user namespace"}}] * 20
+    assert pool.status(where)["refused_connections"] == 20
+
+    def lease_through_the_client():
+        try:
+            pool.Lease(where)
+        except pool.PoolError as e:
+            return str(e)
+        return "leased"
+    told = in_child(other_user_namespace, lease_through_the_client)
+    assert told == {"answer": "the warm pool gave no worker: the process is in another user namespace"}
     info = wait_ready(where)
     assert not any(w["leased"] for w in info["workers"])
 
