@@ -6,7 +6,9 @@ notebook itself (Validate, plain `nbgrader autograde`, Colab), `S` is the notebo
 Under `course grade`, the test runs in the grader's examiner process instead, and `S` asks the
 student's process for values over a channel, so the student's code never sees the test and cannot
 decide its verdict. `S.send(value)` puts a copy of a tensor or a torch.nn model in the notebook and
-returns the notebook's copy (the examiner keeps its own to compute what to expect).
+returns the notebook's copy (the examiner keeps its own to compute what to expect). `S.source(name)`
+is the code of the notebook's top-level `def` (or assignment) of `name`, read from the notebook's
+cells rather than asked of its process, for the checks that ask *how* an answer was written.
 
 nbgrader gives 0 to a test cell that writes anything to stderr, so a correct answer that happens to
 warn (the book's `register_backward_hook` does) would lose its points: `quiet()` keeps warnings and
@@ -16,6 +18,7 @@ replace `torch.allclose`: the checks below use functions captured when course_ut
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import io
@@ -57,6 +60,66 @@ class InProcess:
     def send(self, value: Any) -> Any:
         """A copy of `value`, as the examiner's process would put in the notebook."""
         return copy.deepcopy(value)
+
+    def source(self, name: str) -> str:
+        """The code that last defined `name` among the cells this kernel ran (IPython's `In`)."""
+        return definition(self._namespace.get("In") or [], name)
+
+
+def definition(cells: Any, name: str) -> str:
+    """The source of the last top-level `def`, `class` or assignment of `name` in these cells' code.
+
+    Top level includes the bodies of top-level `if`/`for`/`with`/`try`, not of functions or classes.
+    Cells that are not Python (magics) are read as far as IPython can translate them."""
+    if not _isinstance(name, str) or not name.isidentifier():
+        raise TypeError("source() takes the name of a function, e.g. S.source('gradcam_keepdim')")
+    found = None
+    for cell in cells:
+        text = _python(cell) if _isinstance(cell, str) else None
+        tree = _parse(text) if text else None
+        for node in _top_level(tree.body if tree else []):
+            if name in _bound_by(node):
+                found = ast.get_source_segment(text, node) or found
+    if found is None:
+        raise AssertionError(f"no cell defines `{name}` with a `def` at the top level: "
+                             "write it as one, in a code cell of its own")
+    return found
+
+
+def _python(cell: str) -> str:
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+    except ImportError:
+        return cell
+    try:
+        return TransformerManager().transform_cell(cell)
+    except Exception:           # noqa: BLE001 - a cell IPython cannot read defines nothing here
+        return cell
+
+
+def _parse(text: str) -> ast.Module | None:
+    try:
+        return ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def _top_level(body: list) -> Iterator[ast.stmt]:
+    for node in body:
+        yield node
+        if not _isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for field in ("body", "orelse", "finalbody"):
+                yield from _top_level(getattr(node, field, None) or [])
+            for handler in getattr(node, "handlers", None) or []:
+                yield from _top_level(handler.body)
+
+
+def _bound_by(node: ast.stmt) -> set[str]:
+    if _isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    targets = node.targets if _isinstance(node, ast.Assign) else \
+        [node.target] if _isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+    return {n.id for t in targets for n in ast.walk(t) if _isinstance(n, ast.Name)}
 
 
 _examiner: Any = None       # set in the grader's examiner process only

@@ -206,8 +206,10 @@ def _shift(encoded: Any, offset: int) -> Any:
 class Student:
     """`S` in a test cell under the examiner: the notebook's names, asked for by value."""
 
-    def __init__(self, channel: Channel):
+    def __init__(self, channel: Channel, cells: list[tuple[int, str]] = ()):
         self._channel = channel
+        self._cells = list(cells)       # the notebook's code cells (index, source), from the grader's side
+        self._before = 0                # the index of the test cell running
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -222,6 +224,12 @@ class Student:
         """Put a copy of `value` (a tensor, a torch.nn model, an image...) in the notebook; returns its handle."""
         encoded, blobs = self._channel.send_value(value)
         return self._channel.ask({"op": "send", "value": encoded}, blobs)
+
+    def source(self, name: str) -> str:
+        """The code that last defined `name` in the cells above this test, read from the notebook the
+        grader assembled (the student's process is not asked: it could answer anything)."""
+        from course_utils.checks import definition
+        return definition([source for index, source in self._cells if index < self._before], name)
 
 
 # ----------------------------------------------------------------------------- running test cells
@@ -281,9 +289,11 @@ def setup_namespace(sources: list[str]) -> dict:
 
 
 def examine_run(exam_fd: int, report_fd: int, tests: list[tuple[int, str, str]], skipped: set[int],
-                setup: list[str], cell_seconds: float, send: Callable[[int, dict], None], lesson: str = "") -> None:
+                setup: list[str], cell_seconds: float, send: Callable[[int, dict], None], lesson: str = "",
+                cells: list[tuple[int, str]] = ()) -> None:
     """In a fresh child of the examiner: run the test cells as the notebook's process reaches them.
-    Each report of a test carries the flags `reference.Watch` noted during it (answers that are the course's)."""
+    Each report of a test carries the flags `reference.Watch` noted during it (answers that are the course's).
+    `cells` are the notebook's own code cells, which `S.source` reads."""
     from course_utils import checks
     from .reference import Watch
     import torch
@@ -291,10 +301,12 @@ def examine_run(exam_fd: int, report_fd: int, tests: list[tuple[int, str, str]],
     namespace = dict(setup_namespace(setup))
     channel = Channel(exam_fd)
     channel.watch = Watch(lesson)
-    checks.use_examiner(Student(channel))
+    student = Student(channel, cells)
+    checks.use_examiner(student)
     for index, label, source in tests:
         if index in skipped:
             continue
+        student._before = index
         if channel.broken is None:
             try:
                 frame = protocol.read_frame(exam_fd, time.monotonic() + 10 ** 9)
@@ -423,10 +435,18 @@ class Examiner:
         """Have the examiner read this job's test cells and setup (the frame after the job)."""
         self._ask({"op": "job"})
 
-    def run(self, notebook: str, skipped: set[int], cell_seconds: float, exam_fd: int, report_fd: int) -> int:
-        """Start the tests of one run of `notebook`; returns the pid of the child running them."""
-        return int(self._ask({"op": "run", "notebook": notebook, "skipped": sorted(skipped),
-                              "cell_seconds": cell_seconds}, [exam_fd, report_fd])["pid"])
+    def run(self, notebook: str, skipped: set[int], cell_seconds: float, exam_fd: int, report_fd: int,
+            cells: list[tuple[int, str]] = ()) -> int:
+        """Start the tests of one run of `notebook` (whose code cells are `cells`); returns the pid of
+        the child running them. The cells travel in a memory file: they may be larger than a request."""
+        cells_fd = os.memfd_create("notebook-cells", os.MFD_CLOEXEC)
+        try:
+            with os.fdopen(os.dup(cells_fd), "w", encoding="utf-8") as f:
+                json.dump([[int(i), str(s)] for i, s in cells], f)
+            return int(self._ask({"op": "run", "notebook": notebook, "skipped": sorted(skipped),
+                                  "cell_seconds": cell_seconds}, [exam_fd, report_fd, cells_fd])["pid"])
+        finally:
+            os.close(cells_fd)
 
     def end_job(self) -> None:
         self._ask({"op": "end"})
@@ -449,7 +469,7 @@ def _serve(control: socket.socket, jobs_fd: int) -> int:
     job: dict = {}
     while True:
         try:
-            data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 2)
+            data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 3)
         except OSError:
             return 0
         if not data:
@@ -476,7 +496,8 @@ def _serve(control: socket.socket, jobs_fd: int) -> int:
                         control.close()
                         _die_with_parent()
                         examine_run(fds[0], fds[1], cells, set(request["skipped"]), job["setup"].get(name, []),
-                                    float(request["cell_seconds"]), send, lesson=name)
+                                    float(request["cell_seconds"]), send, lesson=name,
+                                    cells=_read_cells(fds[2]) if len(fds) > 2 else [])
                         code = 0
                     finally:
                         os._exit(code)
@@ -488,6 +509,13 @@ def _serve(control: socket.socket, jobs_fd: int) -> int:
         for fd in fds:
             os.close(fd)
         control.send(json.dumps(answer).encode())
+
+
+def _read_cells(fd: int) -> list[tuple[int, str]]:
+    """The notebook's code cells, as the job's process wrote them to a memory file."""
+    with os.fdopen(os.dup(fd), "r", encoding="utf-8") as f:
+        f.seek(0)
+        return [(int(i), str(s)) for i, s in json.load(f)]
 
 
 def _reap() -> None:

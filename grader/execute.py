@@ -209,7 +209,7 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
     folder = tempfile.mkdtemp(prefix="run-", dir=scratch)   # the private root's stage, or the unconfined workdir
     policy = dataclasses.replace(policy, stage=folder, workdir=folder)
     r, w = os.pipe()
-    examiner = _ExaminerRun(exam, skipped, limits) if exam else None
+    examiner = _ExaminerRun(exam, skipped, limits, [(i, s) for i, s in cells if s is not None]) if exam else None
     exam_fd = examiner.student_fd if examiner else None
     sandboxed = sandbox.start(policy, lambda: _child(cells, skipped, limits, w, threads, exam_fd),
                               keep_fds=(w,) if exam_fd is None else (w, exam_fd))
@@ -298,11 +298,12 @@ def _attempt(cells, skipped, policy: Policy, scratch: str, threads: int, deadlin
 class _ExaminerRun:
     """The examiner's side of one sandboxed run: the student's end of its channel, and its reports."""
 
-    def __init__(self, exam: "Exam", skipped: dict[int, str], limits: Limits):
+    def __init__(self, exam: "Exam", skipped: dict[int, str], limits: Limits, cells: list[tuple[int, str]]):
         student, ours = socket.socketpair()
         self.student_fd = student.detach()
         self.reports, report_w = os.pipe()
-        self.pid = exam.examiner.run(exam.notebook, set(skipped), limits.cell_seconds, ours.fileno(), report_w)
+        self.pid = exam.examiner.run(exam.notebook, set(skipped), limits.cell_seconds, ours.fileno(), report_w,
+                                     cells)
         ours.close()
         os.close(report_w)
 

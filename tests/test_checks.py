@@ -80,3 +80,32 @@ def test_check_number_and_check_bool():
             check_bool(fake, True)
     with pytest.raises(AssertionError, match="expected False"):
         check_bool(True, False)
+
+
+# ----------------------------------------------------------------------------- how an answer was written
+def test_definition_is_the_last_top_level_binding_of_the_name():
+    from course_utils.checks import definition
+    cells = ["%matplotlib inline\nimport torch",
+             "def f(x):\n    return x + x",
+             "this is not python (",
+             "class Helper:\n    def f(self):\n        return 'a method is not the answer'",
+             "if True:\n    def f(x):\n        return 2 * x\nprint(f(1))",
+             "g = lambda x: x"]
+    assert definition(cells, "f") == "def f(x):\n        return 2 * x"
+    assert definition(cells[:3], "f") == "def f(x):\n    return x + x"
+    assert definition(cells, "g") == "g = lambda x: x"
+    assert definition(cells + ["f: int = 3"], "f") == "f: int = 3"
+
+
+def test_a_name_no_cell_defines_says_how_to_define_it():
+    from course_utils.checks import definition
+    with pytest.raises(AssertionError, match="no cell defines `f` with a `def` at the top level"):
+        definition(["exec('def f(x): return x')", "def g():\n    def f(): pass"], "f")
+    with pytest.raises(TypeError, match="the name of a function"):
+        definition([], "f(x)")
+
+
+def test_in_the_notebook_source_reads_the_kernels_history():
+    from course_utils.checks import InProcess
+    namespace = {"In": ["", "def f(x):\n    return x"], "f": lambda x: x}
+    assert InProcess(namespace).source("f") == "def f(x):\n    return x"

@@ -434,3 +434,41 @@ def test_a_lesson_without_examine_is_graded_in_process(tmp_path):
     from grader.grade import exam_setup
     course, release, instructor = _lesson(tmp_path, "assert twice(2) == 4")
     assert exam_setup(course, "a1", "a1", release, instructor) is None
+
+
+# ----------------------------------------------------------------------------- how an answer was written
+KEEPDIM = "07_keepdim"
+WRITTEN = {   # student -> (answer cell, what they typed: right values, not the way the exercise asks), cell lost
+    "index_by_keepdim": ("gradcam_index", "def gradcam_index(act, grad):\n"
+                         "    return (grad.mean(dim=[1, 2], keepdim=True) * act).sum(0)\n", "test_gradcam_index"),
+    "keepdim_by_exec": ("gradcam_keepdim", "exec('def gradcam_keepdim(act, grad):\\n'\n"
+                        "     '    return (grad.mean(dim=[1, 2], keepdim=True) * act).sum(0)')\n", "test_gradcam_keepdim"),
+    "einsum_forged": ("gradcam_einsum", "def gradcam_einsum(act, grad):\n"
+                      "    return (grad.mean(dim=[1, 2], keepdim=True) * act).sum(0)\n"
+                      "In = [\"def gradcam_einsum(act, grad):\\n    return torch.einsum('k,kij->ij', grad.mean((1, 2)), act)\"]\n"
+                      "import inspect\n"
+                      "inspect.getsource = lambda *a, **k: \"torch.einsum('k,kij->ij', w, act)\"\n",
+                      "test_gradcam_einsum"),
+}
+
+
+def test_how_an_answer_was_written_is_read_from_the_notebook_not_asked_of_it(tmp_path, learn):
+    """Lesson 07 asks for three ways to write one map. The examiner reads each function's `def` from
+    the notebook the grader assembled, so the right values written another way (or defined by exec,
+    or with a forged history and a patched inspect) lose exactly that exercise; plain nbgrader, which
+    asks the student's process, is fooled by the forgery."""
+    course = classroom.new_course(tmp_path / "course", [KEEPDIM])
+    classroom.hand_in(course, "correct", KEEPDIM, classroom.submission(KEEPDIM, "correct"))
+    for student, (grade_id, typed, _) in WRITTEN.items():
+        classroom.hand_in(course, student, KEEPDIM, classroom.submission(KEEPDIM, "correct", wrong={grade_id: typed}))
+    done = run_course("grade", KEEPDIM, "--course", str(course), "--workers", "2", "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = {s: cells for (s, _), cells in classroom.scores(course).items()}
+    assert all(score == top for score, top in scores["correct"].values()), scores["correct"]
+    for student, (_, _, lost) in WRITTEN.items():
+        assert {cell for cell, (score, top) in scores[student].items() if score != top} == {lost}, (student, scores[student])
+        assert scores[student][lost][0] == 0
+
+    classroom.nbgrader(course, "autograde", KEEPDIM, "--student", "einsum_forged", "--force")
+    in_process = {s: cells for (s, _), cells in classroom.scores(course).items()}["einsum_forged"]
+    assert all(score == top for score, top in in_process.values()), in_process
