@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -23,6 +22,7 @@ import tempfile
 import time
 
 from . import sandbox, tripwire
+from .protocol import ready_to_read
 from .examiner import Examiner
 from .sandbox import Limits, Policy
 
@@ -61,7 +61,7 @@ def _read_exactly(fd: int, n: int, deadline: float) -> bytes | None:
     chunks, got = [], 0
     while got < n:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not ready_to_read([fd], left):
             raise TimeoutError("no message before the deadline")
         chunk = os.read(fd, min(n - got, 1 << 20))
         if not chunk:
@@ -330,7 +330,7 @@ def _flags(message: dict, before: list[str]) -> list[str]:
 def _next_ready(fds: list[int], deadline: float) -> int:
     """The first of `fds` with something to read (the examiner's reports before the notebook's frames)."""
     left = deadline - time.monotonic()
-    ready = select.select(fds, [], [], max(0.0, left))[0] if left > 0 else []
+    ready = ready_to_read(fds, left) if left > 0 else []
     if not ready:
         raise TimeoutError("no message before the deadline")
     return next(fd for fd in reversed(fds) if fd in ready)

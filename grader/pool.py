@@ -25,7 +25,6 @@ import functools
 import hashlib
 import json
 import os
-import select
 import signal
 import socket
 import stat
@@ -41,6 +40,7 @@ from typing import Callable
 
 from . import warm
 from .execute import receive
+from .protocol import ready_to_read
 
 DIR_ENV = "COURSE_POOL_DIR"              # where the pool's folder is (default: see `pool_dir`)
 SWITCH_ENV = "COURSE_POOL"               # "off": no pool (as `course grade --no-pool`)
@@ -413,7 +413,7 @@ class _Server:
     def run(self) -> None:
         while not self.stopping:
             watch = [self.listener, *self.conns] + [s.proc.stdout for s in self.slots if s.lease is None]
-            ready = select.select(watch, [], [], 1.0)[0]
+            ready = ready_to_read(watch, 1.0)
             for item in ready:
                 if item is self.listener:
                     self._accept()

@@ -34,6 +34,18 @@ TENSOR_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int
 IMAGE_MODES = ("L", "RGB", "RGBA")
 
 
+def ready_to_read(fds: list, timeout: float | None) -> list:
+    """Those of `fds` (descriptors, or objects with fileno()) that can be read without blocking (data,
+    end of stream or an error), waiting up to `timeout` seconds (None: no limit). poll, not select:
+    a process with many files open has descriptors above 1023, which select refuses."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    wait = None if timeout is None else max(0, math.ceil(min(timeout, 2 ** 31 / 1000 - 1) * 1000))
+    ready = {fd for fd, _events in poller.poll(wait)}
+    return [fd for fd in fds if (fd if isinstance(fd, int) else fd.fileno()) in ready]
+
+
 class ProtocolError(Exception):
     """A frame or value broke the protocol: malformed, too large, out of order or of an unknown kind."""
 
@@ -96,7 +108,7 @@ def _read_exactly(fd: int, n: int, deadline: float, allow_eof: bool = False) -> 
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("no frame before the deadline")
-        if not select.select([fd], [], [], min(left, 3600.0))[0]:   # select refuses an infinite timeout
+        if not ready_to_read([fd], min(left, 3600.0)):
             continue
         chunk = os.read(fd, min(n - got, 1 << 20))
         if not chunk:

@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import resource
-import select
 import shutil
 import signal
 import sys
@@ -38,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .protocol import ready_to_read
 from .watchdog import Usage, Watchdog
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -191,7 +191,7 @@ class Run:
 
 
 def _read_nonblocking(fd: int) -> bytes:
-    if not select.select([fd], [], [], 0)[0]:
+    if not ready_to_read([fd], 0):
         return b""
     return os.read(fd, 1 << 16)
 
@@ -271,10 +271,10 @@ def _watch(policy: Policy, init: int, ready_r: int) -> dict:
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         while True:
-            readable = select.select(watched, [], [], interval)[0]
-            if pidfd in readable:
+            ready = ready_to_read(watched, interval)
+            if pidfd in ready:
                 break
-            if ready_r in readable:                        # the notebook process is confined (or could not be)
+            if ready_r in ready:                        # the notebook process is confined (or could not be)
                 said = os.read(ready_r, 4096)
                 watched.remove(ready_r)
                 os.close(ready_r)
@@ -356,7 +356,7 @@ def _init(policy: Policy, target, keep_fds, life_r: int, ready_w: int, uid: int)
                 pass
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "prctl(PR_SET_PDEATHSIG)")
-    if select.select([life_r], [], [], 0)[0]:           # the keeper is already gone
+    if ready_to_read([life_r], 0):                      # the keeper is already gone
         os._exit(72)
     os.close(life_r)
     os.setsid()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Callable
 from . import warm
 from .examiner import Examiner
 from .execute import Exam, NotebookRun, receive, run_notebook, send
+from .protocol import ready_to_read
 from .sandbox import ENV_ALLOWED, Limits
 
 MAX_ANSWER_BYTES = 1 << 30
@@ -289,7 +289,7 @@ class LeasedWorker(Worker):
             return super().start()
         from .pool import Lease, PoolError
         for _ in range(3):
-            if self._lease is not None and not select.select([self._lease.from_worker], [], [], 0)[0]:
+            if self._lease is not None and not ready_to_read([self._lease.from_worker], 0):
                 return                   # an idle worker says nothing: readable means it ended
             if self._lease is not None:
                 self.close()             # the pool sees it dead and replaces it

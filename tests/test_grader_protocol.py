@@ -898,3 +898,26 @@ def test_remote_answers_must_have_the_right_type(fake):
             iter(remote)
     assert not remote and not remote
     assert channel.broken is None
+
+
+def test_a_frame_is_read_from_a_descriptor_above_1023():
+    """A control process with many files open (many workers, Dask) gets high descriptors: select()
+    refuses those (ValueError), the channel's waits use poll."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2100:
+        pytest.skip(f"this process may open only {hard} files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2100), hard))
+    ours, theirs = socket.socketpair()
+    high = os.dup2(theirs.fileno(), 2000)
+    try:
+        protocol.write_frame(ours.fileno(), {"n": 1}, [b"ab"])
+        assert protocol.ready_to_read([high], 5) == [high]
+        assert protocol.read_frame(high, time.monotonic() + 5) == ({"n": 1}, [b"ab"])
+        assert protocol.ready_to_read([high], 0) == []
+        ours.close()
+        assert protocol.read_frame(high, time.monotonic() + 5) is None     # the end of the stream, not a wait
+    finally:
+        os.close(high)
+        theirs.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
