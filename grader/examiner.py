@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -64,13 +65,11 @@ class Channel:
         self.seq += 1
         try:
             protocol.write_frame(self.fd, {**request, "seq": self.seq}, list(blobs))
-            frame = protocol.read_frame(self.fd, self.deadline)
+            frame = self._read_answer()
             if frame is None:
                 raise protocol.ProtocolError("the notebook's process ended during the test")
             answer, got = frame
             self.received += sum(map(len, got))
-            if self.received > MAX_BYTES_PER_TEST:
-                raise protocol.ProtocolError(f"the answers of one test passed {MAX_BYTES_PER_TEST >> 20} MB")
             if answer.get("seq") != self.seq:
                 raise protocol.ProtocolError("an answer came out of turn")
             if "ok" in answer and "error" not in answer:
@@ -88,6 +87,20 @@ class Channel:
             self.broken = f"the notebook's process broke the examiner's protocol ({e})"
             raise ChannelBroken(self.broken) from None
         raise error         # out of the try: a student's OSError or TimeoutError is the test's, not the channel's
+
+    def _read_answer(self) -> tuple[dict, list[bytes]] | None:
+        """The next frame, refused before its blobs are read if they would take this test's answers
+        past MAX_BYTES_PER_TEST."""
+        left = max(0, MAX_BYTES_PER_TEST - self.received)
+        bounds = protocol.DEFAULT_BOUNDS
+        if left < bounds.blob_bytes:
+            bounds = dataclasses.replace(bounds, blob_bytes=left)
+        try:
+            return protocol.read_frame(self.fd, self.deadline, bounds)
+        except protocol.OverBudget:
+            if bounds is protocol.DEFAULT_BOUNDS:
+                raise
+            raise protocol.ProtocolError(f"the answers of one test would pass {MAX_BYTES_PER_TEST >> 20} MB") from None
 
     def send_value(self, value: Any) -> tuple[Any, list[bytes]]:
         """`value` encoded for a request (Remote handles by number, torch.nn modules by value)."""

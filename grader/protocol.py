@@ -50,6 +50,10 @@ class ProtocolError(Exception):
     """A frame or value broke the protocol: malformed, too large, out of order or of an unknown kind."""
 
 
+class OverBudget(ProtocolError):
+    """A frame's blobs total more than its bounds allow (refused before they are read)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Bounds:
     """What one frame may hold. The defaults fit this course's tensors many times over."""
@@ -98,7 +102,7 @@ def read_frame(fd: int, deadline: float, bounds: Bounds = DEFAULT_BOUNDS) -> tup
             or not all(type(s) is int and s >= 0 for s in sizes)):
         raise ProtocolError("a frame's blob sizes are malformed or too many")
     if sum(sizes) > bounds.blob_bytes:
-        raise ProtocolError(f"a frame's blobs total {sum(sizes):,} bytes, over the {bounds.blob_bytes:,} allowed")
+        raise OverBudget(f"a frame's blobs total {sum(sizes):,} bytes, over the {bounds.blob_bytes:,} allowed")
     return message, [_read_exactly(fd, s, deadline) for s in sizes]
 
 

@@ -754,8 +754,9 @@ def test_the_answers_of_one_test_are_bounded_in_total(fake, monkeypatch):
     channel = fake(lambda request, blobs: ok(request, torch.zeros(400, dtype=torch.uint8))).channel()
     assert channel.ask({"op": "get", "name": "a"}).shape == (400,)
     assert channel.ask({"op": "get", "name": "a"}).shape == (400,)
-    with pytest.raises(ChannelBroken, match="MB"):
+    with pytest.raises(ChannelBroken, match="the answers of one test would pass 0 MB"):
         channel.ask({"op": "get", "name": "a"})
+    assert channel.received == 800                               # the third answer's blob was never read
     channel = fake(lambda request, blobs: ok(request, torch.zeros(400, dtype=torch.uint8))).channel()
     for _ in range(5):                                           # examine_run starts each test cell at 0
         channel.received = 0
