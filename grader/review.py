@@ -75,16 +75,21 @@ def _ensure_table(gb) -> None:
     gb.db.execute(text(_SCHEMA))
 
 
+def _has_table(gb) -> bool:
+    import sqlalchemy
+    return sqlalchemy.inspect(gb.db.get_bind()).has_table(TABLE)
+
+
 def history(course: Course, assignment: str) -> dict[str, list[Decision]]:
     """student -> every decision on their submission of the lesson, oldest first."""
     from sqlalchemy import text
     require_gradebook(course, f"course grade {assignment}")
     with course.gradebook() as gb:
-        _ensure_table(gb)
+        if not _has_table(gb):
+            return {}                       # no decision yet; a read never writes the gradebook
         rows = gb.db.execute(text(f"SELECT assignment, student, action, score, computed, fingerprint, note, "
                                   f"decided_at, decided_by FROM {TABLE} WHERE assignment = :a ORDER BY id"),
                              {"a": assignment}).fetchall()
-        gb.db.commit()
     out: dict[str, list[Decision]] = {}
     for row in rows:
         out.setdefault(row[1], []).append(Decision(*row))

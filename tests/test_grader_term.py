@@ -247,3 +247,18 @@ def test_without_a_hand_in_record_the_timestamp_file_then_the_file_time_is_used(
     assert hand_in_time(folder).source == "nbgrader's timestamp.txt"
     (folder / "timestamp.txt").unlink()
     assert hand_in_time(folder).source == "the notebook file's modification time"
+
+
+def test_reading_the_term_leaves_the_gradebook_untouched(course):
+    """status, export and the review list only read: the gradebook's file is the same byte for byte
+    (a read-only gradebook can be reported on); the first decision creates the review table."""
+    import hashlib
+    db = course / "gradebook.db"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    course_command("status", "--course", str(course))
+    export_all(course)
+    course_command("review", LESSON, "--course", str(course), "--list")
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert review.history(Course.open(course), LESSON) == {}
+    course_command("review", LESSON, "--course", str(course), "--student", "sneaky", "--accept")
+    assert [d.action for d in review.history(Course.open(course), LESSON)["sneaky"]] == ["accept"]
