@@ -501,14 +501,14 @@ def _serve(control: socket.socket, jobs_fd: int) -> int:
                 answer = {"ok": True}
             elif request["op"] == "run":
                 name = request["notebook"]
-                cells = [(int(i), str(label), str(source)) for i, label, source in job["tests"].get(name, [])]
+                tests = [(int(i), str(label), str(source)) for i, label, source in job["tests"].get(name, [])]
                 pid = os.fork()
                 if pid == 0:
                     code = 1
                     try:
                         control.close()
                         _die_with_parent()
-                        examine_run(fds[0], fds[1], cells, set(request["skipped"]), job["setup"].get(name, []),
+                        examine_run(fds[0], fds[1], tests, set(request["skipped"]), job["setup"].get(name, []),
                                     float(request["cell_seconds"]), send, lesson=name,
                                     cells=_read_cells(fds[2]) if len(fds) > 2 else [])
                         code = 0
