@@ -291,34 +291,55 @@ def _fill_canvas_row(record: _Record, row: dict, lesson_columns: dict[str, int])
 def moodle_grades(columns: list[str], rows: list[dict], out: str | os.PathLike, id_field: str = "email") -> LmsReport:
     """Write the CSV Moodle's "Import grades > CSV file" takes: an identifier column, then one column per lesson.
 
-    UTF-8 without BOM, comma-separated, a header line, plain numbers ('.' decimal); a lesson with no
-    grade yet is an empty cell (Moodle: no grade). `id_field` is the Moodle user field the first
-    column is mapped to: email (our roster's email), idnumber or username (our student id). A
-    student without that value is left out and reported: Moodle stops the whole import at a row
-    whose user it cannot find. No total: Moodle computes the course total itself.
+    UTF-8 without BOM, comma-separated, a header line, plain numbers ('.' decimal). Moodle reads an
+    empty cell as "no grade" and erases the grade it holds, so the file has no empty cell: a lesson
+    nobody has a grade for yet is not a column, and a student without a grade to send for one of
+    the others (not graded, or held back for review) is left out and reported, with the per-lesson
+    export that sends what they have. `id_field` is the Moodle user field the first column is
+    mapped to: email (our roster's email), idnumber or username (our student id). A student without
+    that value is left out and reported: Moodle stops the whole import at a row whose user it
+    cannot find. No total: Moodle computes the course total itself.
     """
-    lessons, out = lessons_of(columns), Path(out)
+    every, out = lessons_of(columns), Path(out)
     if id_field not in MOODLE_ID_FIELDS:
         raise ValueError(f"--moodle-id must be one of {', '.join(MOODLE_ID_FIELDS)}, not {id_field!r}")
+    lessons = [l for l in every if any(_has_grade(row, l) for row in rows)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([MOODLE_ID_FIELDS[id_field], *lessons])
     written, left_out, seen = [], [], {}
     for row in rows:
-        key = (row.get("email") if id_field == "email" else row["student_id"]) or ""
-        key = key.strip()
+        key = ((row.get("email") if id_field == "email" else row["student_id"]) or "").strip()
+        missing = [l for l in lessons if not _has_grade(row, l)]
         if not key:
             left_out.append(f"{_describe(row)}: no {id_field} in the roster, left out")
         elif key.casefold() in seen:
             left_out.append(f"{_describe(row)}: same {id_field} as {seen[key.casefold()]} ({key}), left out")
+        elif missing:
+            left_out.append(_gap(row, missing, [l for l in lessons if l not in missing]))
         else:
             seen[key.casefold()] = row["student_id"]
-            writer.writerow([key, *("" if row.get(l) in ("", None) else plain_number(row[l]) for l in lessons)])
+            writer.writerow([key, *(plain_number(row[l]) for l in lessons)])
             written.append(row["student_id"])
     _write_atomically(out, buffer.getvalue().encode("utf-8"))
     notes = [f"in Moodle: Grades > Import > CSV file, Map from '{MOODLE_ID_FIELDS[id_field]}', Map to "
              f"'{MOODLE_MAP_TO[id_field]}', then each lesson column to its grade item"]
+    if len(lessons) < len(every):
+        notes.append(f"no grade yet for anyone, so not in the file: {', '.join(l for l in every if l not in lessons)}")
     return LmsReport("moodle grades", out, tuple(lessons), tuple(written), (), tuple(left_out), tuple(notes))
+
+
+def _has_grade(row: dict, lesson: str) -> bool:
+    return row.get(lesson) not in ("", None)
+
+
+def _gap(row: dict, missing: list[str], graded: list[str]) -> str:
+    """Why a student with a lesson to leave alone in Moodle is not in the file, and how to send the rest."""
+    why = (f"{_describe(row)}: no grade to send for {', '.join(missing)} (an empty cell would erase "
+           f"the grade Moodle holds), left out")
+    if graded:
+        why += "; send their other grades with " + ", ".join(f"`course export {l} --moodle`" for l in graded)
+    return why
 
 
 # ---------------------------------------------------------------- Moodle feedback files

@@ -174,7 +174,8 @@ def test_a_lesson_canvas_does_not_have_is_reported_and_the_rest_written(tmp_path
 # ------------------------------------------------------------------ Moodle grade import
 
 def test_moodle_grades_is_a_plain_utf8_csv_with_an_identifier_and_a_column_per_lesson(tmp_path):
-    """Is the file what Moodle's CSV import maps: header, email column, plain numbers, empty = no grade?"""
+    """Is the file what Moodle's CSV import maps: header, email column, plain numbers, and no empty
+    cell (Moodle would erase the grade it holds)?"""
     out = tmp_path / "moodle.csv"
     report = moodle_grades(COLUMNS, ROWS, out)
     data = out.read_bytes()
@@ -183,11 +184,13 @@ def test_moodle_grades_is_a_plain_utf8_csv_with_an_identifier_and_a_column_per_l
         "Email address,01_setup,05_gradcam",
         "aokafor@students.example.edu,6,8",
         "blindqvist@students.example.edu,4.5,0",
-        "cwei@students.example.edu,6,",
         "dvolkov@students.example.edu,3,7",
     ]
-    assert report.written == ("aokafor", "blindqvist", "cwei", "dvolkov")
-    assert report.not_in_lms == ("egarcia (Elena Garcia): no email in the roster, left out",)
+    assert report.written == ("aokafor", "blindqvist", "dvolkov")
+    assert report.not_in_lms == (
+        "cwei (Chen Wei): no grade to send for 05_gradcam (an empty cell would erase the grade Moodle holds), "
+        "left out; send their other grades with `course export 01_setup --moodle`",
+        "egarcia (Elena Garcia): no email in the roster, left out")
     assert any("Map to 'useremail'" in n for n in report.notes)
 
 
@@ -197,7 +200,7 @@ def test_moodle_grades_by_idnumber_uses_our_ids_and_refuses_unknown_fields(tmp_p
     moodle_grades(COLUMNS, ROWS, out, id_field="idnumber")
     rows = list(csv.reader(open(out, encoding="utf-8")))
     assert rows[0] == ["ID number", "01_setup", "05_gradcam"]
-    assert [r[0] for r in rows[1:]] == ["aokafor", "blindqvist", "cwei", "dvolkov", "egarcia"]
+    assert [r[0] for r in rows[1:]] == ["aokafor", "blindqvist", "dvolkov", "egarcia"]
     assert rows[-1] == ["egarcia", "1.25", "2"]
     with pytest.raises(ValueError, match="--moodle-id must be one of email, idnumber, username"):
         moodle_grades(COLUMNS, ROWS, tmp_path / "other.csv", id_field="fullname")
@@ -209,6 +212,20 @@ def test_two_students_with_one_email_are_not_both_written(tmp_path):
     twin = person("aokafor2", "Ada", "Okafor", "AOKAFOR@students.example.edu", 1.0, 1.0)
     report = moodle_grades(COLUMNS, [ROWS[0], twin], tmp_path / "moodle.csv")
     assert report.written == ("aokafor",) and "same email as aokafor" in report.not_in_lms[0]
+
+
+def test_a_lesson_nobody_has_a_grade_for_is_no_column_and_one_lesson_leaves_out_only_its_gaps(tmp_path):
+    """Does the one-lesson file send everyone graded in it, and a lesson no one has a grade for stay out?"""
+    one = ["student_id", "first_name", "last_name", "email", "05_gradcam", "total"]
+    rows = [{k: r[k] for k in one} for r in ROWS[:4]]
+    report = moodle_grades(one, rows, tmp_path / "gradcam.csv")
+    assert report.written == ("aokafor", "blindqvist", "dvolkov") and report.lessons == ("05_gradcam",)
+    assert report.not_in_lms[0].endswith("(an empty cell would erase the grade Moodle holds), left out")
+    nobody = [{**r, "05_gradcam": ""} for r in ROWS[:2]]
+    report = moodle_grades(COLUMNS, nobody, tmp_path / "setup.csv")
+    assert (tmp_path / "setup.csv").read_text().splitlines() == [
+        "Email address,01_setup", "aokafor@students.example.edu,6", "blindqvist@students.example.edu,4.5"]
+    assert "no grade yet for anyone, so not in the file: 05_gradcam" in report.notes
 
 
 @pytest.mark.parametrize("score,text", [(6.0, "6"), (4.5, "4.5"), (0.0, "0"), (-0.0, "0"), (7.12345, "7.1235"),
@@ -333,7 +350,8 @@ def test_course_export_canvas_and_moodle_from_a_course(scratch_course, tmp_path)
     assert done.returncode == 0, done.stderr
     assert moodle.read_text(encoding="utf-8").splitlines() == [
         "Email address,01_setup", "aokafor@students.example.edu,0", "blindqvist@students.example.edu,0",
-        "cwei@students.example.edu,", "egarcia@students.example.edu,0"]
+        "egarcia@students.example.edu,0"]
+    assert "not in the LMS file: cwei (Chen Wei): no grade to send for 01_setup" in done.stdout
 
 
 def test_course_export_moodle_feedback_zips_the_course_pages(scratch_course, tmp_path):
