@@ -69,15 +69,16 @@ class InProcess:
 def definition(cells: Any, name: str) -> str:
     """The source of the last top-level `def`, `class` or assignment of `name` in these cells' code.
 
-    Top level includes the bodies of top-level `if`/`for`/`with`/`try`, not of functions or classes.
-    Cells that are not Python (magics) are read as far as IPython can translate them."""
+    Only a cell's own statements count, not those inside an `if`, a loop or a `try`: a definition
+    there may never run (`if False:`). Cells that are not Python (magics) are read as far as
+    IPython can translate them."""
     if not _isinstance(name, str) or not name.isidentifier():
         raise TypeError("source() takes the name of a function, e.g. S.source('gradcam_keepdim')")
     found = None
     for cell in cells:
         text = _python(cell) if _isinstance(cell, str) else None
         tree = _parse(text) if text else None
-        for node in _top_level(tree.body if tree else []):
+        for node in tree.body if tree else []:
             if name in _bound_by(node):
                 found = ast.get_source_segment(text, node) or found
     if found is None:
@@ -102,16 +103,6 @@ def _parse(text: str) -> ast.Module | None:
         return ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-
-
-def _top_level(body: list) -> Iterator[ast.stmt]:
-    for node in body:
-        yield node
-        if not _isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            for field in ("body", "orelse", "finalbody"):
-                yield from _top_level(getattr(node, field, None) or [])
-            for handler in getattr(node, "handlers", None) or []:
-                yield from _top_level(handler.body)
 
 
 def _bound_by(node: ast.stmt) -> set[str]:

@@ -449,14 +449,20 @@ WRITTEN = {   # student -> (answer cell, what they typed: right values, not the 
                       "import inspect\n"
                       "inspect.getsource = lambda *a, **k: \"torch.einsum('k,kij->ij', w, act)\"\n",
                       "test_gradcam_einsum"),
+    "einsum_never_run": ("gradcam_einsum", "def gradcam_einsum(act, grad):\n"
+                         "    return (grad.mean(dim=[1, 2], keepdim=True) * act).sum(0)\n"
+                         "if False:                       # the def the check would read, never run\n"
+                         "    def gradcam_einsum(act, grad):\n"
+                         "        return torch.einsum('k,kij->ij', grad.mean((1, 2)), act)\n",
+                         "test_gradcam_einsum"),
 }
 
 
 def test_how_an_answer_was_written_is_read_from_the_notebook_not_asked_of_it(tmp_path, learn):
     """Lesson 07 asks for three ways to write one map. The examiner reads each function's `def` from
     the notebook the grader assembled, so the right values written another way (or defined by exec,
-    or with a forged history and a patched inspect) lose exactly that exercise; plain nbgrader, which
-    asks the student's process, is fooled by the forgery."""
+    with a forged history and a patched inspect, or beside a def that never runs) lose exactly that
+    exercise; plain nbgrader, which asks the student's process, is fooled by the forgery."""
     course = classroom.new_course(tmp_path / "course", [KEEPDIM])
     classroom.hand_in(course, "correct", KEEPDIM, classroom.submission(KEEPDIM, "correct"))
     for student, (grade_id, typed, _) in WRITTEN.items():
